@@ -1,0 +1,19 @@
+"""``python -m training ...``: a thin click layer; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train, evaluate and export audioembed models."""
+
+
+def _register() -> None:
+    # Subcommand modules are imported here, not at the top, so one broken or missing
+    # optional dependency does not take the whole CLI down.
+    from training.corpus.cli import corpus
+    main.add_command(corpus)
+
+
+_register()
