@@ -1,0 +1,208 @@
+"""``embed()``: audio in, 128-d embeddings out (an ``encode()``-style API)."""
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from audioembed import frontend
+from audioembed.audio_io import AudioError, load_waveform
+from audioembed.model import AudioResNet
+
+DEFAULT_BATCH_SIZE = 64
+_MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
+
+
+class Embeddings(NamedTuple):
+    """What ``embed(..., windows=True)`` returns.
+
+    For one input: ``embedding`` (D,), ``window_embeddings`` (n, D), ``timestamps`` (n,) seconds.
+    For a list: ``embedding`` (N, D) and lists of the per-input arrays.
+    """
+
+    embedding: np.ndarray
+    window_embeddings: Any
+    timestamps: Any
+
+
+@dataclass
+class ItemResult:
+    """One input's outcome from :func:`iter_embeddings`: its windows' embeddings, or its error."""
+
+    index: int
+    name: str
+    window_embeddings: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    error: Exception | None = None
+    _parts: list = field(default_factory=list, repr=False)
+    _remaining: int = 0
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """Segment embedding: mean of the window embeddings, re-normalised to unit length."""
+        return segment_embedding(self.window_embeddings)
+
+
+def segment_embedding(window_embeddings: np.ndarray) -> np.ndarray:
+    """Mean of window embeddings (paper 4.3), L2-normalised so cosine and dot product agree."""
+    mean = window_embeddings.astype(np.float64).mean(axis=0)
+    norm = np.linalg.norm(mean)
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
+def resolve_model(model: str | os.PathLike | AudioResNet | None, device: str | torch.device | None
+                  ) -> AudioResNet:
+    """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached."""
+    if isinstance(model, torch.nn.Module):
+        return model.to(device) if device is not None else model
+    from audioembed.loading import load_model
+
+    key = (os.fspath(model) if model is not None else "", str(device or "cpu"))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_model(model, device=device)
+    return _MODEL_CACHE[key]
+
+
+def item_name(item, index: int) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
+
+
+def compute_windows(item, sr: int | None, hop: float, name: str) -> tuple[torch.Tensor, np.ndarray]:
+    """Log-mel windows ``(n, 96, 64)`` and their timestamps for one input."""
+    wave = load_waveform(item, sr, name=name)
+    windows, ts = frontend.log_mel_windows(wave, hop)
+    return windows, ts.numpy()
+
+
+def iter_features(items: Iterable, sr: int | None, hop: float) -> Iterator[tuple[int, str, Any]]:
+    """``(index, name, (windows, timestamps) or AudioError)`` for each input, in order."""
+    for i, item in enumerate(items):
+        name = item_name(item, i)
+        try:
+            yield i, name, compute_windows(item, sr, hop, name)
+        except AudioError as exc:
+            yield i, name, exc
+
+
+def _forward(model: AudioResNet, x: torch.Tensor) -> np.ndarray:
+    device = next(model.parameters()).device
+    x = x.unsqueeze(1).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return model(x).float().cpu().numpy()
+
+
+def iter_embeddings(features: Iterable[tuple[int, str, Any]], model: AudioResNet,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[ItemResult]:
+    """Embed the windows of many inputs in shared batches; yield each input's result in order.
+
+    Batches are filled with windows from consecutive inputs, so small files do not waste
+    batch slots; results do not depend on ``batch_size`` (the model is in eval mode).
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order: deque[ItemResult] = deque()
+    queue: deque[tuple[ItemResult, torch.Tensor]] = deque()
+    queued = 0
+
+    def run_batch(size: int) -> None:
+        nonlocal queued
+        owners, chunks, taken = [], [], 0
+        while taken < size:
+            res, win = queue[0]
+            k = min(size - taken, win.shape[0])
+            owners.append((res, k))
+            chunks.append(win[:k])
+            if k == win.shape[0]:
+                queue.popleft()
+            else:
+                queue[0] = (res, win[k:])
+            taken += k
+        out = _forward(model, torch.cat(chunks))
+        queued -= taken
+        pos = 0
+        for res, k in owners:
+            res._parts.append(out[pos:pos + k])
+            res._remaining -= k
+            pos += k
+
+    def finished() -> Iterator[ItemResult]:
+        while order and order[0]._remaining == 0:
+            res = order.popleft()
+            if res.error is None:
+                res.window_embeddings = np.concatenate(res._parts)
+                res._parts = []
+            yield res
+
+    for index, name, feats in features:
+        res = ItemResult(index=index, name=name)
+        order.append(res)
+        if isinstance(feats, Exception):
+            res.error = feats
+        else:
+            windows, res.timestamps = feats
+            res._remaining = windows.shape[0]
+            queue.append((res, windows))
+            queued += windows.shape[0]
+            while queued >= batch_size:
+                run_batch(batch_size)
+        yield from finished()
+    while queued:
+        run_batch(min(queued, batch_size))
+    yield from finished()
+
+
+def _is_single(audio) -> bool:
+    return not isinstance(audio, (list, tuple))
+
+
+def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
+          hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
+          device: str | torch.device | None = None, windows: bool = False, progress: bool = False):
+    """Embed audio with the paper's frontend and network.
+
+    Args:
+        audio: a path, a numpy array or torch tensor (1-D, or 2-D ``(channels, samples)``, with
+            ``sr``), or a list of paths or arrays. Channels are averaged to mono; any sample rate
+            is resampled to 16 kHz.
+        sr: sample rate of array input (ignored for paths).
+        model: a registry name, a model folder, ``hf-hub:org/repo[@rev]``, or a loaded model.
+            Default: the bundled release weights.
+        hop: seconds between window starts (default 0.96: no overlap).
+        batch_size: windows per forward pass; windows of many inputs share batches.
+        device: where the model runs (default CPU).
+        windows: also return per-window embeddings and their timestamps (window centres, s).
+        progress: a tqdm progress bar over inputs on stderr.
+
+    Returns:
+        One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
+        embedding is the mean of the window embeddings, re-normalised to unit L2 norm. With
+        ``windows=True``, an :class:`Embeddings` tuple.
+
+    Raises:
+        AudioError: an input cannot be read or is empty or non-finite (message names it).
+    """
+    single = _is_single(audio)
+    items = [audio] if single else list(audio)
+    if not items:
+        raise ValueError("embed() got an empty list of inputs")
+    net = resolve_model(model, device)
+    feats = iter_features(items, sr, hop)
+    results = iter_embeddings(feats, net, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        results = tqdm(results, total=len(items), unit="file", desc="embed")
+    out = []
+    for res in results:
+        if res.error is not None:
+            raise res.error
+        out.append(res)
+    segs = np.stack([r.embedding for r in out])
+    if not windows:
+        return segs[0] if single else segs
+    if single:
+        return Embeddings(segs[0], out[0].window_embeddings, out[0].timestamps)
+    return Embeddings(segs, [r.window_embeddings for r in out], [r.timestamps for r in out])

@@ -1,0 +1,203 @@
+"""The audio frontend of Jansen et al. (ICASSP 2018), section 4.1. Every constant lives here.
+
+Pipeline, for a mono float waveform at ``SAMPLE_RATE``:
+
+1. Short-time Fourier transform: ``WIN_LENGTH``-sample (25 ms) periodic Hann window,
+   ``HOP_LENGTH``-sample (10 ms) hop, ``N_FFT``-point FFT. Frame ``f`` is centred on sample
+   ``f * HOP_LENGTH``; the signal is zero outside ``[0, n)``. A signal of ``n`` samples gives
+   ``ceil(n / HOP_LENGTH)`` frames (every frame whose centre lies inside the signal).
+2. Power spectrogram ``|X|^2`` (no window normalisation), projected onto ``N_MELS`` triangular
+   HTK-mel filters spanning ``F_MIN``..``F_MAX`` with peak 1 (no area normalisation).
+   These are **mel energies**: mixing two sounds adds their energies, which is the domain in
+   which the paper's triplet samplers work.
+3. Stabilised log: ``log(mel + LOG_OFFSET)``. VGGish adds 0.01 to mel *magnitudes*; squared,
+   that is 1e-4 on energies.
+4. Context windows of ``WINDOW_FRAMES`` frames (0.96 s) x ``N_MELS`` bands, hop
+   ``DEFAULT_HOP_SECONDS`` (no overlap) unless asked otherwise. Windows are deterministic:
+   - a clip shorter than one window gives one window, padded with zero energy;
+   - a trailing partial window is kept, padded with zero energy, when it holds at least
+     ``MIN_TRAILING_FRAMES`` frames (half a window);
+   - window ``k`` starts at frame ``k * hop_frames``; its timestamp is the centre, in
+     seconds, of the samples its frames analyse: ``(start * HOP_LENGTH + WINDOW_CENTRE_SAMPLES)
+     / SAMPLE_RATE``, computed from integers so long files do not drift.
+
+Window tensors are ``(n_windows, WINDOW_FRAMES, N_MELS)``: time first, like VGGish's examples.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+SAMPLE_RATE = 16_000
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+N_FFT = 512
+WINDOW_FUNCTION = "hann_periodic"
+N_MELS = 64
+F_MIN = 125.0
+F_MAX = 7500.0
+MEL_SCALE = "htk"
+LOG_OFFSET = 1e-4
+WINDOW_FRAMES = 96  # 0.96 s
+DEFAULT_HOP_SECONDS = 0.96
+MIN_TRAILING_FRAMES = WINDOW_FRAMES // 2
+# Resampling (torchaudio.functional.resample): windowed-sinc, Hann window.
+RESAMPLE_LOWPASS_FILTER_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
+RESAMPLE_METHOD = "sinc_interp_hann"
+
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+# Frames of one window analyse samples [start*HOP - WIN/2, (start+95)*HOP + WIN/2).
+# Their centre, 7600 samples (0.475 s) after the first frame's centre, is a whole sample.
+WINDOW_CENTRE_SAMPLES = (WINDOW_FRAMES - 1) * HOP_LENGTH // 2
+
+
+def config() -> dict:
+    """Every frontend constant, as stored in a model's ``config.json`` and printed by ``info``."""
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "win_length": WIN_LENGTH,
+        "hop_length": HOP_LENGTH,
+        "n_fft": N_FFT,
+        "window": WINDOW_FUNCTION,
+        "center": "frame f centred on sample f*hop_length, zero outside the signal",
+        "spectrum": "power",
+        "n_mels": N_MELS,
+        "f_min": F_MIN,
+        "f_max": F_MAX,
+        "mel_scale": MEL_SCALE,
+        "mel_norm": None,
+        "log_offset": LOG_OFFSET,
+        "window_frames": WINDOW_FRAMES,
+        "min_trailing_frames": MIN_TRAILING_FRAMES,
+        "resample": {
+            "method": RESAMPLE_METHOD,
+            "lowpass_filter_width": RESAMPLE_LOWPASS_FILTER_WIDTH,
+            "rolloff": RESAMPLE_ROLLOFF,
+        },
+    }
+
+
+def config_mismatches(other: dict) -> list[str]:
+    """Keys on which a stored frontend config differs from this code's; empty when they agree."""
+    ours = config()
+    keys = sorted(set(ours) | set(other))
+    return [f"{k}: model has {other.get(k)!r}, code has {ours.get(k)!r}" for k in keys
+            if other.get(k) != ours.get(k)]
+
+
+@lru_cache(maxsize=4)
+def _hann(device: str) -> torch.Tensor:
+    return torch.hann_window(WIN_LENGTH, periodic=True, dtype=torch.float32, device=device)
+
+
+@lru_cache(maxsize=4)
+def _mel_matrix(device: str) -> torch.Tensor:
+    import torchaudio.functional as AF
+
+    fb = AF.melscale_fbanks(
+        n_freqs=N_FFT // 2 + 1, f_min=F_MIN, f_max=F_MAX, n_mels=N_MELS,
+        sample_rate=SAMPLE_RATE, norm=None, mel_scale=MEL_SCALE,
+    )
+    return fb.to(device=device, dtype=torch.float32)  # (257, 64)
+
+
+def mel_filterbank() -> torch.Tensor:
+    """The ``(N_FFT // 2 + 1, N_MELS)`` mel filterbank matrix (a copy)."""
+    return _mel_matrix("cpu").clone()
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames for ``num_samples`` samples: those whose centre lies inside the signal."""
+    return -(-int(num_samples) // HOP_LENGTH)
+
+
+def mel_energies(waveform: torch.Tensor) -> torch.Tensor:
+    """Mel energies of a 16 kHz mono waveform: ``(..., samples) -> (..., frames, N_MELS)``.
+
+    Linear (not log) power; see the module docstring for the exact definition.
+    """
+    if waveform.shape[-1] == 0:
+        return waveform.new_zeros(*waveform.shape[:-1], 0, N_MELS)
+    x = waveform.to(torch.float32)
+    lead = x.shape[:-1]
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[-1]
+    frames = num_frames(n)
+    # torch.stft(center=True) pads N_FFT//2 each side and centres the WIN_LENGTH window inside
+    # N_FFT, so frame f is centred on sample f*HOP_LENGTH. Zero padding (not reflect): the
+    # signal is defined as zero outside [0, n), which streaming and padding rely on.
+    pad = N_FFT // 2
+    x = F.pad(x, (pad, pad))
+    spec = torch.stft(
+        x, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
+        window=_hann(str(x.device)), center=False, return_complex=True,
+    )[..., :frames]
+    power = spec.real.square() + spec.imag.square()  # (B, 257, frames)
+    mel = torch.matmul(power.transpose(-1, -2), _mel_matrix(str(x.device)))
+    return mel.reshape(*lead, frames, N_MELS)
+
+
+def log_mel(energies: torch.Tensor) -> torch.Tensor:
+    """The stabilised log, ``log(energies + LOG_OFFSET)``."""
+    return torch.log(energies + LOG_OFFSET)
+
+
+def hop_frames(hop_seconds: float = DEFAULT_HOP_SECONDS) -> int:
+    """Window hop in frames for a hop in seconds (rounded to whole 10 ms frames)."""
+    if not (isinstance(hop_seconds, (int, float)) and math.isfinite(hop_seconds)):
+        raise ValueError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
+    hop = round(hop_seconds * FRAMES_PER_SECOND)
+    if hop < 1:
+        raise ValueError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
+    return hop
+
+
+def window_starts(n_frames: int, hop: int) -> list[int]:
+    """Start frames of the context windows over ``n_frames`` frames with a hop of ``hop`` frames.
+
+    At least one window (a short clip is padded); a trailing partial window is kept when it holds
+    at least ``MIN_TRAILING_FRAMES`` frames.
+    """
+    if n_frames <= WINDOW_FRAMES:
+        return [0]
+    full = (n_frames - WINDOW_FRAMES) // hop + 1
+    starts = [k * hop for k in range(full)]
+    nxt = full * hop
+    if nxt < n_frames and n_frames - nxt >= MIN_TRAILING_FRAMES:
+        starts.append(nxt)
+    return starts
+
+
+def window_timestamps(starts: list[int] | torch.Tensor, offset_frames: int = 0) -> torch.Tensor:
+    """Window centres in seconds (float64), computed in integer samples then divided once."""
+    s = torch.as_tensor(starts, dtype=torch.int64) + int(offset_frames)
+    return (s * HOP_LENGTH + WINDOW_CENTRE_SAMPLES).to(torch.float64) / SAMPLE_RATE
+
+
+def frame_windows(frames: torch.Tensor, hop: int, pad_value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Cut ``(n_frames, N_MELS)`` features into ``(n_windows, WINDOW_FRAMES, N_MELS)`` windows.
+
+    ``pad_value`` fills frames past the end: 0 for mel energies (zero energy), and
+    ``log(LOG_OFFSET)`` for log-mel features, which is the same thing after the log.
+    """
+    n = frames.shape[0]
+    starts = window_starts(n, hop)
+    need = starts[-1] + WINDOW_FRAMES
+    if need > n:
+        frames = torch.cat([frames, frames.new_full((need - n, frames.shape[1]), pad_value)])
+    idx = torch.as_tensor(starts).unsqueeze(1) + torch.arange(WINDOW_FRAMES).unsqueeze(0)
+    return frames[idx], starts
+
+
+def log_mel_windows(waveform: torch.Tensor, hop_seconds: float = DEFAULT_HOP_SECONDS
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model input for a 16 kHz mono waveform: ``(windows (n, 96, 64), timestamps (n,))``."""
+    if waveform.dim() != 1:
+        raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(waveform.shape)}")
+    energies = mel_energies(waveform)
+    windows, starts = frame_windows(energies, hop_frames(hop_seconds), pad_value=0.0)
+    return log_mel(windows), window_timestamps(starts)

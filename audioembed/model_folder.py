@@ -1,0 +1,122 @@
+"""The release format: a folder with ``config.json`` beside ``model.safetensors``. No pickles.
+
+``config.json``::
+
+    {"format_version": 1, "library": "audioembed", "embedding_dim": 128,
+     "model": {...ModelConfig...}, "frontend": {...frontend.config()...},
+     "provenance": {...how the weights were made...}}
+
+Weights are stored as fp16 (half the download) and loaded as fp32.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from audioembed import frontend
+from audioembed.model import AudioResNet, ModelConfig
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelFormatError(ValueError):
+    """A model folder that this version of audioembed cannot or must not load."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance: dict | None = None,
+                      dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``model`` in the release format; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in model.state_dict().items()}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "library": "audioembed",
+        "embedding_dim": model.config.embedding_dim,
+        "model": model.config.to_dict(),
+        "frontend": frontend.config(),
+        "provenance": provenance or {},
+    }
+    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _atomic_write(folder / CONFIG_NAME,
+                  lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """Read and validate ``config.json``: format version, frontend and model config."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelFormatError(f"{folder}: no {CONFIG_NAME}; not an audioembed model folder") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{path}: invalid JSON ({exc})") from exc
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(f"{path}: format_version {version!r} is not supported by this "
+                               f"audioembed (knows {FORMAT_VERSION}); upgrade audioembed")
+    mismatches = frontend.config_mismatches(config.get("frontend", {}))
+    if mismatches:
+        raise ModelFormatError(f"{path}: the model was trained with a different frontend than this "
+                               "code computes; refusing to load. " + "; ".join(mismatches))
+    try:
+        ModelConfig.from_dict(config.get("model", {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: bad model config ({exc})") from exc
+    return config
+
+
+def load_model_folder(folder: str | os.PathLike, device: str | torch.device | None = None,
+                      expected_sha256: str | None = None) -> AudioResNet:
+    """Load a release-format folder as an fp32 model in eval mode, on ``device`` (default CPU).
+
+    ``model.info`` records where it came from (folder, sha256, config).
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelFormatError(f"{folder}: no {WEIGHTS_NAME}")
+    digest = sha256_file(weights)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelFormatError(f"{weights}: sha256 {digest} does not match the registry's "
+                               f"{expected_sha256}; the file is corrupt or was replaced")
+    model = AudioResNet(ModelConfig.from_dict(config["model"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFormatError(f"{weights}: weights do not match the config "
+                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.info = {"folder": str(folder), "sha256": digest, "config": config}
+    model.eval()
+    model.to(device=device or "cpu", memory_format=torch.channels_last)
+    return model
