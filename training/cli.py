@@ -14,6 +14,9 @@ def _register() -> None:
     # optional dependency does not take the whole CLI down.
     from training.corpus.cli import corpus
     main.add_command(corpus)
+    from training.commands import cache, export, train
+    for command in (cache, train, export):
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,162 @@
+"""The training configuration: one TOML file holds everything a run depends on.
+
+Example (``training/recipes/tiny.toml`` is a complete one)::
+
+    [data]
+    cache = "cache/debian"        # relative to this file's folder
+
+    [model]                       # audioembed.ModelConfig (default: ResNet-50, 128-d)
+    layers = [3, 4, 6, 3]
+
+    [train]
+    batch_size = 32               # triplets per step and rank
+    steps = 100000
+    mining = true                 # semi-hard negatives (section 4.2); off for mixing triplets
+    # lr = 1e-4                   # default: 1e-4 with mining, 1e-6 without (the paper's)
+    margin = 0.1
+    seed = 0
+    checkpoint_every = 1000
+    log_every = 10
+
+    [samplers.gaussian_noise]     # a section enables a sampler; weight defaults to 1
+    sigma = 0.5
+    [samplers.translation]
+    max_freq_shift = 10
+    [samplers.example_mixing]
+    alpha = 0.25
+    [samplers.temporal_proximity]
+    max_offset_frames = 1000
+
+    [runtime]
+    device = "auto"               # "auto", "cpu", "cuda"
+    threads = 0                   # torch threads per process; 0: cores / local processes
+    workers = -1                  # DataLoader workers; -1: 0 on CPU, 4 on GPU
+
+Without a ``[samplers]`` table the run uses the paper's joint sampler: the four label-free
+samplers with equal weights and default hyperparameters.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+from audioembed.model import ModelConfig
+from training.samplers import DEFAULT_JOINT, SAMPLERS
+
+LR_WITH_MINING = 1e-4
+LR_WITHOUT_MINING = 1e-6
+
+_TRAIN_DEFAULTS = {"batch_size": 32, "steps": 100_000, "mining": True, "lr": None, "margin": 0.1,
+                   "seed": 0, "checkpoint_every": 1000, "log_every": 10}
+_RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1}
+_SECTIONS = {"data", "model", "train", "samplers", "runtime"}
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A resolved configuration; ``to_dict()`` is what checkpoints and exports record."""
+
+    cache: str
+    model: ModelConfig
+    batch_size: int
+    steps: int
+    mining: bool
+    lr: float
+    margin: float
+    seed: int
+    checkpoint_every: int
+    log_every: int
+    samplers: dict
+    device: str
+    threads: int
+    workers: int
+
+    def to_dict(self) -> dict:
+        return {"data": {"cache": self.cache}, "model": self.model.to_dict(),
+                "train": {"batch_size": self.batch_size, "steps": self.steps, "mining": self.mining,
+                          "lr": self.lr, "margin": self.margin, "seed": self.seed,
+                          "checkpoint_every": self.checkpoint_every, "log_every": self.log_every},
+                "samplers": copy.deepcopy(self.samplers),
+                "runtime": {"device": self.device, "threads": self.threads, "workers": self.workers}}
+
+
+def _check_keys(section: str, got: dict, allowed) -> None:
+    unknown = sorted(set(got) - set(allowed))
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(section: str, key: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"[{section}] {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
+    """Validate a parsed configuration; relative paths resolve against ``base_dir``."""
+    _check_keys("top level", d, _SECTIONS)
+    data = d.get("data", {})
+    _check_keys("data", data, {"cache"})
+    if "cache" not in data:
+        raise ConfigError("[data] cache: the feature cache folder is required")
+    cache = Path(data["cache"])
+    cache = str(cache if cache.is_absolute() else (Path(base_dir) / cache).resolve())
+    try:
+        model = ModelConfig.from_dict(d.get("model", {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[model]: {exc}") from exc
+    train = {**_TRAIN_DEFAULTS, **d.get("train", {})}
+    _check_keys("train", train, _TRAIN_DEFAULTS)
+    for key in ("batch_size", "steps", "checkpoint_every", "log_every"):
+        _positive_int("train", key, train[key])
+    if not isinstance(train["mining"], bool):
+        raise ConfigError(f"[train] mining must be true or false, got {train['mining']!r}")
+    lr = train["lr"]
+    if lr is None:
+        lr = LR_WITH_MINING if train["mining"] else LR_WITHOUT_MINING
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ConfigError(f"[train] lr must be a positive number, got {lr!r}")
+    samplers = d.get("samplers")
+    if samplers is None:
+        samplers = {name: {"weight": 1.0} for name in DEFAULT_JOINT}
+    if not samplers:
+        raise ConfigError("[samplers]: no sampler enabled")
+    for name, params in samplers.items():
+        if name not in SAMPLERS:
+            raise ConfigError(f"[samplers.{name}]: unknown sampler; known: {sorted(SAMPLERS)}")
+        fields = set(SAMPLERS[name].__dataclass_fields__) - {"_by_label", "_labelled", "_cache_id"}
+        _check_keys(f"samplers.{name}", params, fields | {"weight"})
+    if not any(float(p.get("weight", 1.0)) > 0 for p in samplers.values()):
+        raise ConfigError("[samplers]: every sampler has weight 0")
+    runtime = {**_RUNTIME_DEFAULTS, **d.get("runtime", {})}
+    _check_keys("runtime", runtime, _RUNTIME_DEFAULTS)
+    if runtime["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"[runtime] device must be auto, cpu or cuda, got {runtime['device']!r}")
+    return TrainConfig(cache=cache, model=model, batch_size=train["batch_size"], steps=train["steps"],
+                       mining=train["mining"], lr=float(lr), margin=float(train["margin"]),
+                       seed=int(train["seed"]), checkpoint_every=train["checkpoint_every"],
+                       log_every=train["log_every"], samplers=samplers, device=runtime["device"],
+                       threads=int(runtime["threads"]), workers=int(runtime["workers"]))
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    return from_dict(d, base_dir=path.parent)

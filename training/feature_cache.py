@@ -1,0 +1,519 @@
+"""A memory-mapped cache of mel energies, computed once per file (paper section 4.1 frontend).
+
+The triplet samplers of section 3.2 work in the linear mel-energy domain and draw millions of
+random windows, so decoding and resampling each file on every draw would dominate training.
+``build_cache`` decodes every file once and appends ``frontend.mel_energies`` to fp16 shards.
+
+Layout of a cache folder::
+
+    cache.json              format, CACHE_SCALE, frontend config, manifest sha256, totals
+    shard-00000.f16         raw little-endian float16, (frames, N_MELS), C order
+    shard-00000.json        index of that shard: per file key, recording, labels, offset, frames
+    failures.json           files that could not be decoded (one-line reasons)
+
+A shard is finalized atomically: its data is written to a ``.tmp`` file, flushed, renamed, and
+only then is its index written (itself via a temp file and ``os.replace``). A shard without an
+index is unfinished; a rerun deletes it and redoes its files, and skips every file listed in a
+finalized index, so an interrupted build resumes where it stopped.
+
+fp16 tops out at 65504, and a loud signal's mel energies exceed 1e4 per band (a full-scale sine
+peaks near 1e4, clipped square waves go higher), so energies are stored multiplied by
+``CACHE_SCALE = 2**-8`` and multiplied back on read. Being a power of two, the scale itself
+costs no precision. Values that still overflow are clipped to the fp16 maximum and counted.
+At the bottom end, an energy of ``frontend.LOG_OFFSET`` (1e-4) is stored as a subnormal with
+about 8% relative error, which moves ``log(e + LOG_OFFSET)`` by at most about 4%; quieter
+frames are dominated by the offset anyway.
+
+A *recording* groups files for temporal proximity (section 3.2): its frames are the
+concatenation of its files' frames in manifest order. By default every file is its own
+recording (as in the Debian corpus).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from audioembed import frontend
+
+CACHE_FORMAT = 1
+CACHE_SCALE = 2.0 ** -8
+FP16_MAX = float(np.finfo(np.float16).max)
+META_NAME = "cache.json"
+FAILURES_NAME = "failures.json"
+SHARD_FRAMES = 1 << 20  # 128 MiB of fp16 per shard: ~2.9 h of audio
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+LABEL_SEPARATOR = ";"
+# Frames computed per STFT call, so an hour-long file does not need a 1 GB complex spectrogram.
+CHUNK_FRAMES = 6000
+
+
+class CacheError(ValueError):
+    """A cache folder or manifest that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One audio file to cache: where it is, its key in the cache, labels, and recording id."""
+
+    path: str
+    key: str
+    recording: str
+    labels: tuple[str, ...] = ()
+    order: int = 0
+
+
+def _split_labels(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(sorted({t.strip() for t in text.split(LABEL_SEPARATOR) if t.strip()}))
+
+
+def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[ManifestEntry]:
+    """Entries of a manifest CSV, or of every audio file under a folder.
+
+    CSV forms (with a header row):
+
+    - ``path[,label][,recording]``: ``path`` relative to ``root`` (or absolute); ``label`` holds
+      zero or more labels separated by ``;``; ``recording`` defaults to the path.
+    - ``package,path,duration_s`` (the corpus manifests): the file is ``root/package/path`` and
+      its recording id is ``package/path``.
+    """
+    manifest = Path(manifest)
+    root_dir = Path(root) if root is not None else None
+    if manifest.is_dir():
+        base = manifest
+        files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        out = []
+        for i, p in enumerate(files):
+            key = p.relative_to(base).as_posix()
+            out.append(ManifestEntry(path=str(p), key=key, recording=key, order=i))
+        return out
+    if not manifest.is_file():
+        raise CacheError(f"{manifest}: no such manifest file or folder")
+    base = root_dir if root_dir is not None else manifest.parent
+    with open(manifest, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or ())
+        if "path" not in fields:
+            raise CacheError(f"{manifest}: needs a 'path' column (header row), got {sorted(fields)}")
+        corpus_form = "package" in fields
+        out = []
+        for i, row in enumerate(reader):
+            rel = (row.get("path") or "").strip()
+            if not rel:
+                raise CacheError(f"{manifest}: row {i + 2} has an empty path")
+            if corpus_form:
+                key = f"{row['package'].strip()}/{rel}"
+            else:
+                key = rel
+            full = Path(key) if Path(key).is_absolute() else base / key
+            recording = (row.get("recording") or "").strip() or key
+            out.append(ManifestEntry(path=str(full), key=key, recording=recording,
+                                     labels=_split_labels(row.get("label")), order=i))
+    keys = [e.key for e in out]
+    if len(set(keys)) != len(keys):
+        raise CacheError(f"{manifest}: the same file is listed more than once")
+    return out
+
+
+def sha256_of(path: str | os.PathLike) -> str | None:
+    """sha256 of a manifest file; for a folder, of its sorted file list (names and sizes)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(f"{p.relative_to(path).as_posix()}\t{p.stat().st_size}\n".encode())
+        return h.hexdigest()
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunked_mel_energies(waveform) -> np.ndarray:
+    """``frontend.mel_energies`` of a long waveform, computed ``CHUNK_FRAMES`` frames at a time.
+
+    Frame ``f`` analyses samples ``[f*HOP - N_FFT/2, f*HOP + N_FFT/2)``; each chunk is given
+    two hops of real signal on each side so its kept frames see exactly the samples they would
+    in one whole-file call (float rounding of the batched matmul may differ in the last bit).
+    """
+    import torch
+
+    n = waveform.shape[-1]
+    total = frontend.num_frames(n)
+    if total <= CHUNK_FRAMES:
+        return frontend.mel_energies(waveform).numpy()
+    hop = frontend.HOP_LENGTH
+    ctx = -(-(frontend.N_FFT // 2) // hop)  # whole hops of context covering half an FFT
+    out = np.empty((total, frontend.N_MELS), dtype=np.float32)
+    with torch.no_grad():
+        for a in range(0, total, CHUNK_FRAMES):
+            b = min(total, a + CHUNK_FRAMES)
+            lo_frame = max(0, a - ctx)
+            lo = lo_frame * hop
+            hi = min(n, (b + ctx) * hop)
+            mel = frontend.mel_energies(waveform[lo:hi])
+            out[a:b] = mel[a - lo_frame:b - lo_frame].numpy()
+    return out
+
+
+def to_stored(energies: np.ndarray) -> tuple[np.ndarray, int]:
+    """Scale float energies into the fp16 storage domain; returns (fp16 array, clipped count)."""
+    scaled = np.asarray(energies, dtype=np.float32) * np.float32(CACHE_SCALE)
+    clipped = int(np.count_nonzero(scaled > FP16_MAX))
+    if clipped:
+        np.minimum(scaled, FP16_MAX, out=scaled)
+    return scaled.astype(np.float16), clipped
+
+
+def _init_worker() -> None:
+    import torch
+
+    # Each decode worker is one process; letting each spawn a full thread pool oversubscribes.
+    torch.set_num_threads(1)
+
+
+def _process(path: str) -> tuple[np.ndarray | None, int, str | None]:
+    """Decode, resample and analyse one file: (fp16 stored energies, clipped count, error)."""
+    import warnings
+
+    from audioembed.audio_io import AudioError, SilentAudioWarning, load_waveform
+
+    try:
+        with warnings.catch_warnings():
+            # A silent file is valid training data (it gives zero-energy windows).
+            warnings.simplefilter("ignore", SilentAudioWarning)
+            wav = load_waveform(path)
+    except AudioError as exc:
+        return None, 0, str(exc)
+    stored, clipped = to_stored(chunked_mel_energies(wav))
+    return stored, clipped, None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CacheWriter:
+    """Appends files' stored energies to shards; finalizes a shard when it is full or on close.
+
+    Usable directly to build a cache from arrays (tests, benchmarks)::
+
+        with CacheWriter(out) as w:
+            w.add("a.wav", energies)          # float32 (frames, N_MELS)
+    """
+
+    def __init__(self, out: str | os.PathLike, shard_frames: int = SHARD_FRAMES, meta: dict | None = None):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.shard_frames = int(shard_frames)
+        self.clipped = 0
+        self._done = self._finalized_keys()
+        self._next_shard = self._next_shard_number()
+        self._file = None
+        self._entries: list[dict] = []
+        self._frames = 0
+        for tmp in self.out.glob("shard-*.tmp"):
+            tmp.unlink()  # an unfinished shard from an interrupted run; its files are redone
+        self._meta = {"format": CACHE_FORMAT, "cache_scale": CACHE_SCALE, "n_mels": frontend.N_MELS,
+                      "dtype": "float16", "frontend": frontend.config(), **(meta or {})}
+        _atomic_write_text(self.out / META_NAME, json.dumps(self._meta, indent=2, sort_keys=True) + "\n")
+
+    def _finalized_keys(self) -> set[str]:
+        keys = set()
+        for idx in self.out.glob("shard-*.json"):
+            keys.update(e["key"] for e in json.loads(idx.read_text())["files"])
+        return keys
+
+    def _next_shard_number(self) -> int:
+        nums = [int(p.name[6:11]) for p in self.out.glob("shard-*.json")]
+        return max(nums) + 1 if nums else 0
+
+    def is_done(self, key: str) -> bool:
+        """Whether ``key`` is already in a finalized shard (so a resumed build skips it)."""
+        return key in self._done
+
+    def add(self, key: str, energies: np.ndarray, recording: str | None = None,
+            labels: Iterable[str] = (), order: int | None = None, stored: bool = False,
+            clipped: int = 0) -> None:
+        """Append one file's energies (float32, or already-stored fp16 with ``stored=True``)."""
+        if stored:
+            data = np.ascontiguousarray(energies, dtype=np.float16)
+        else:
+            data, clipped = to_stored(energies)
+        if data.ndim != 2 or data.shape[1] != frontend.N_MELS:
+            raise CacheError(f"{key}: expected (frames, {frontend.N_MELS}) energies, got {data.shape}")
+        if self._file is None:
+            name = f"shard-{self._next_shard:05d}"
+            self._tmp = self.out / f"{name}.tmp"
+            self._name = name
+            self._file = open(self._tmp, "wb")
+        self._file.write(data.tobytes())
+        self._entries.append({"key": key, "recording": recording if recording is not None else key,
+                              "labels": sorted(labels), "order": len(self._done) if order is None else order,
+                              "offset": self._frames, "frames": int(data.shape[0]), "clipped": int(clipped)})
+        self._done.add(key)
+        self._frames += int(data.shape[0])
+        self.clipped += int(clipped)
+        if self._frames >= self.shard_frames:
+            self.finalize_shard()
+
+    def finalize_shard(self) -> None:
+        """Make the current shard durable and visible to readers and to resumed builds."""
+        if self._file is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._tmp, self.out / f"{self._name}.f16")
+        index = {"shard": f"{self._name}.f16", "frames": self._frames, "files": self._entries}
+        _atomic_write_text(self.out / f"{self._name}.json", json.dumps(index) + "\n")
+        self._next_shard += 1
+        self._entries, self._frames = [], 0
+
+    def close(self, extra_meta: dict | None = None) -> None:
+        self.finalize_shard()
+        if extra_meta:
+            self._meta.update(extra_meta)
+            _atomic_write_text(self.out / META_NAME, json.dumps(self._meta, indent=2, sort_keys=True) + "\n")
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._file is not None:
+            # Interrupted: leave the partial shard as .tmp, which the next run discards.
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class BuildReport:
+    """What ``build_cache`` did: counts, failures (one-line reasons), clipped fp16 values."""
+
+    total: int = 0
+    skipped: int = 0
+    added: int = 0
+    failures: list[str] = field(default_factory=list)
+    clipped: int = 0
+    frames: int = 0
+
+
+def _results(paths: list[str], jobs: int) -> Iterator[tuple[np.ndarray | None, int, str | None]]:
+    """Results of ``_process`` in input order, with at most ``2 * jobs`` files in flight so memory
+    stays bounded however far the decoders run ahead of the writer."""
+    if jobs <= 1:
+        for p in paths:
+            yield _process(p)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker) as pool:
+        pending: deque = deque()
+        it = iter(paths)
+        for p in it:
+            pending.append(pool.submit(_process, p))
+            if len(pending) >= 2 * jobs:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_process, nxt))
+
+
+def build_cache(manifest: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None,
+                jobs: int = 1, shard_frames: int = SHARD_FRAMES, progress: bool = True) -> BuildReport:
+    """Decode every manifest file once into the cache at ``out``; resumes an interrupted build."""
+    entries = read_manifest(manifest, root)
+    meta = {"manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_of(manifest),
+            "root": str(Path(root).resolve()) if root is not None else None}
+    writer = CacheWriter(out, shard_frames=shard_frames, meta=meta)
+    report = BuildReport(total=len(entries))
+    todo = [e for e in entries if not writer.is_done(e.key)]
+    report.skipped = len(entries) - len(todo)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="file", desc="caching", file=sys.stderr)
+    try:
+        for entry, (stored, clipped, error) in zip(todo, _results([e.path for e in todo], jobs)):
+            if error is not None:
+                report.failures.append(error)
+            else:
+                writer.add(entry.key, stored, recording=entry.recording, labels=entry.labels,
+                           order=entry.order, stored=True, clipped=clipped)
+                report.added += 1
+                report.frames += int(stored.shape[0])
+                report.clipped += clipped
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        writer.__exit__(*sys.exc_info())
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    _atomic_write_text(Path(out) / FAILURES_NAME, json.dumps(report.failures, indent=1) + "\n")
+    writer.finalize_shard()
+    indexes = _load_indexes(Path(out))
+    # Totals over all finalized shards, so a resumed build reports the whole cache.
+    writer.close(extra_meta={"files": sum(len(i["files"]) for i in indexes),
+                             "frames": sum(i["frames"] for i in indexes),
+                             "files_failed": len(report.failures),
+                             "clipped_values": sum(f["clipped"] for i in indexes for f in i["files"]),
+                             "complete": True})
+    return report
+
+
+def _load_indexes(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]
+
+
+class FeatureCache:
+    """Read access to a cache folder: float32 mel energies via memory maps.
+
+    Recordings are numbered ``0..num_recordings-1`` in sorted order of their ids; a recording's
+    frames are its files' frames concatenated in manifest order. Memory maps open lazily, so a
+    ``FeatureCache`` pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / META_NAME
+        if not meta_path.is_file():
+            raise CacheError(f"{self.path}: no {META_NAME}; not a feature cache (build one with "
+                             "python -m training cache)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise CacheError(f"{meta_path}: cache format {self.meta.get('format')!r} is not {CACHE_FORMAT}")
+        mismatches = frontend.config_mismatches(self.meta.get("frontend", {}))
+        if mismatches:
+            raise CacheError(f"{meta_path}: built with a different frontend: " + "; ".join(mismatches))
+        self.scale = float(self.meta["cache_scale"])
+        files = []
+        self._shard_names: list[str] = []
+        for idx in _load_indexes(self.path):
+            shard = len(self._shard_names)
+            self._shard_names.append(idx["shard"])
+            files += [dict(f, shard=shard) for f in idx["files"]]
+        if not files:
+            raise CacheError(f"{self.path}: the cache holds no files")
+        files.sort(key=lambda f: (f["recording"], f["order"], f["key"]))
+        self.recording_ids: list[str] = []
+        self.file_keys = [f["key"] for f in files]
+        self.file_labels: list[frozenset[str]] = [frozenset(f["labels"]) for f in files]
+        self.file_shard = np.array([f["shard"] for f in files], dtype=np.int64)
+        self.file_offset = np.array([f["offset"] for f in files], dtype=np.int64)
+        self.file_frames = np.array([f["frames"] for f in files], dtype=np.int64)
+        rec_of_file, start_in_rec = [], []
+        self._rec_files: list[np.ndarray] = []
+        lengths = []
+        for i, f in enumerate(files):
+            if not self.recording_ids or self.recording_ids[-1] != f["recording"]:
+                self.recording_ids.append(f["recording"])
+                self._rec_files.append([])
+                lengths.append(0)
+            rec_of_file.append(len(self.recording_ids) - 1)
+            start_in_rec.append(lengths[-1])
+            self._rec_files[-1].append(i)
+            lengths[-1] += f["frames"]
+        self.file_recording = np.array(rec_of_file, dtype=np.int64)
+        self.file_start = np.array(start_in_rec, dtype=np.int64)  # first frame within its recording
+        self.lengths = np.array(lengths, dtype=np.int64)
+        self._rec_files = [np.array(r, dtype=np.int64) for r in self._rec_files]
+        self._maps: list[np.memmap | None] = [None] * len(self._shard_names)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"] = [None] * len(self._shard_names)
+        return state
+
+    @property
+    def num_recordings(self) -> int:
+        return len(self.recording_ids)
+
+    @property
+    def num_files(self) -> int:
+        return len(self.file_keys)
+
+    def _map(self, shard: int) -> np.memmap:
+        m = self._maps[shard]
+        if m is None:
+            p = self.path / self._shard_names[shard]
+            n = p.stat().st_size // (2 * frontend.N_MELS)
+            m = np.memmap(p, dtype=np.float16, mode="r", shape=(n, frontend.N_MELS))
+            self._maps[shard] = m
+        return m
+
+    def _file_slice(self, f: int, a: int, b: int) -> np.ndarray:
+        """Stored fp16 frames ``[a, b)`` of file ``f`` (clamped to the file)."""
+        off = self.file_offset[f]
+        return self._map(self.file_shard[f])[off + a:off + b]
+
+    def _decode(self, stored: np.ndarray, out: np.ndarray) -> None:
+        np.multiply(stored, np.float32(1.0 / self.scale), out=out, casting="unsafe")
+
+    def frames(self, rec_id: int) -> np.ndarray:
+        """All mel energies of a recording, float32 ``(n_frames, N_MELS)``."""
+        n = int(self.lengths[rec_id])
+        out = np.empty((n, frontend.N_MELS), dtype=np.float32)
+        for f in self._rec_files[rec_id]:
+            s, k = int(self.file_start[f]), int(self.file_frames[f])
+            self._decode(self._file_slice(f, 0, k), out[s:s + k])
+        return out
+
+    def window(self, rec_id: int, start_frame: int) -> np.ndarray:
+        """A ``(WINDOW_FRAMES, N_MELS)`` float32 window of a recording; zero energy past its end."""
+        out = np.zeros((frontend.WINDOW_FRAMES, frontend.N_MELS), dtype=np.float32)
+        start = int(start_frame)
+        end = start + frontend.WINDOW_FRAMES
+        files = self._rec_files[rec_id]
+        if len(files) == 1:
+            f = files[0]
+            lo, hi = max(start, 0), min(end, int(self.file_frames[f]))
+            if hi > lo:
+                self._decode(self._file_slice(f, lo, hi), out[lo - start:hi - start])
+            return out
+        for f in files:
+            fs, fk = int(self.file_start[f]), int(self.file_frames[f])
+            lo, hi = max(start, fs), min(end, fs + fk)
+            if hi > lo:
+                self._decode(self._file_slice(f, lo - fs, hi - fs), out[lo - start:hi - start])
+        return out
+
+    def file_window(self, file_id: int, start_frame: int) -> np.ndarray:
+        """A window within one file (zero energy past the file's end, not its recording's)."""
+        out = np.zeros((frontend.WINDOW_FRAMES, frontend.N_MELS), dtype=np.float32)
+        start = int(start_frame)
+        lo, hi = max(start, 0), min(start + frontend.WINDOW_FRAMES, int(self.file_frames[file_id]))
+        if hi > lo:
+            self._decode(self._file_slice(file_id, lo, hi), out[lo - start:hi - start])
+        return out
+
+    def recording_files(self, rec_id: int) -> np.ndarray:
+        """File ids of a recording, in time order."""
+        return self._rec_files[rec_id]

@@ -1,0 +1,338 @@
+"""The training loop: triplet loss with optional semi-hard mining, Adam (paper sections 3, 4.2).
+
+A run lives in one folder::
+
+    checkpoint.pt      latest checkpoint (written atomically: temp file, then os.replace)
+    train_log.jsonl    one JSON object per logged step
+    config.json        the resolved configuration
+
+Resume is exact: batches are a pure function of ``(seed, rank, step)``, and a checkpoint holds
+model (with BatchNorm statistics), optimizer state and step, so ``--resume`` reproduces the
+parameters of an uninterrupted run bit for bit (same device, threads and world size).
+
+The run stops, after finishing the current step and writing a checkpoint, on SIGTERM/SIGINT,
+when ``max_triplets`` (total, over all runs and ranks) or ``max_minutes`` (this invocation's
+wall-clock time) is reached, or after ``steps`` steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from audioembed import frontend
+from audioembed.model import AudioResNet, ModelConfig
+from training import distributed
+from training.config import TrainConfig
+from training.feature_cache import FeatureCache
+from training.losses import TripletLoss
+from training.samplers import make_sampler, sample_batch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+CHECKPOINT_FORMAT = 1
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``step`` is that step's batch on ``rank``.
+
+    Opens the cache lazily so it pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, cache_path: str, sampler_spec: dict, batch_size: int, seed: int, rank: int):
+        self.cache_path, self.sampler_spec = cache_path, sampler_spec
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self._cache = None
+        self._sampler = make_sampler(sampler_spec)
+        self.sampler_names = sorted({s.name for s in self._sampler.samplers})
+
+    def __getstate__(self):
+        return dict(self.__dict__, _cache=None)
+
+    @property
+    def cache(self) -> FeatureCache:
+        if self._cache is None:
+            self._cache = FeatureCache(self.cache_path)
+        return self._cache
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> dict:
+        b = sample_batch(self._sampler, self.cache, self.batch_size, self.seed, self.rank, step)
+        counts = np.zeros(len(self.sampler_names), dtype=np.float32)
+        for name in b.samplers:
+            counts[self.sampler_names.index(name)] += 1
+        return {"energies": torch.from_numpy(b.energies), "candidates": torch.from_numpy(b.candidates),
+                "counts": torch.from_numpy(counts)}
+
+
+def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so sampling the next
+    batch overlaps the model's step (numpy and torch release the GIL in their kernels)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+            return
+        q.put(done)
+
+    t = threading.Thread(target=work, daemon=True, name="batch-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin: bool) -> Iterator[dict]:
+    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a prefetch thread."""
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop),
+                                             num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                                             persistent_workers=False)
+        return iter(loader)
+    return prefetch((dataset[s] for s in range(start, stop)), depth=2)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer's bytes, in state-dict order."""
+    h = hashlib.sha256()
+    for k, v in distributed.unwrap(model).state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a flag checked between steps; a second SIGINT aborts at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    step: int
+    triplets_seen: int
+    reason: str
+    checkpoint: Path | None
+
+
+def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
+    if config.threads > 0:
+        return config.threads
+    return max(1, (os.cpu_count() or 1) // max(1, ctx.local_world_size))
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+          max_triplets: int | None = None, max_minutes: float | None = None,
+          write_checksums: bool = False, echo: Callable[[str], None] = print) -> RunResult:
+    """Train (or resume training) the run in ``out_dir``; see the module docstring."""
+    out = Path(out_dir)
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo) -> RunResult:
+    started = time.monotonic()
+    torch.set_num_threads(_threads(config, ctx))
+    ckpt_path = out / CHECKPOINT_NAME
+    # Every rank checks (and on resume reads) the run folder, so it must be on a filesystem all
+    # nodes share; a rank that raised alone would leave the others waiting in DDP.
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue that run, "
+                              "or choose another --out")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    cuda = ctx.device.type == "cuda"
+    torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
+    model = AudioResNet(config.model).to(ctx.device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step, triplets_seen, elapsed = 0, 0, 0.0
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        if ckpt["config"]["model"] != config.model.to_dict():
+            raise ValueError(f"{ckpt_path}: the checkpoint's model config {ckpt['config']['model']} "
+                             f"differs from the configured {config.model.to_dict()}")
+        if ckpt.get("world_size", 1) != ctx.world_size:
+            warnings.warn(f"resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} "
+                          "processes: the data order will differ from an uninterrupted run")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, triplets_seen, elapsed = ckpt["step"], ckpt["triplets_seen"], ckpt["elapsed_s"]
+        del ckpt
+    ddp_model = distributed.wrap(model, ctx)
+    loss_fn = TripletLoss(margin=config.margin, mining=config.mining)
+    cache = FeatureCache(config.cache)
+    dataset = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, ctx.rank)
+    names = dataset.sampler_names
+    workers = config.workers if config.workers >= 0 else (4 if cuda else 0)
+    per_step = config.batch_size * ctx.world_size
+    if ctx.is_main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    log_file = open(out / LOG_NAME, "a", encoding="utf-8") if ctx.is_main else None
+    provenance = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
+
+    def checkpoint() -> Path | None:
+        if not ctx.is_main:
+            return None
+        _atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "step": step,
+                            "triplets_seen": triplets_seen,
+                            "elapsed_s": elapsed + time.monotonic() - started,
+                            "config": config.to_dict(), "world_size": ctx.world_size,
+                            "data": provenance}, ckpt_path)
+        return ckpt_path
+
+    # Sums since the last log line: loss, active, d_ap, d_an, steps, then per-sampler counts.
+    acc = torch.zeros(5 + len(names), device=ctx.device, dtype=torch.float64)
+    t_log, steps_since = time.monotonic(), 0
+    reason = "steps"
+    saved_step = None
+    ddp_model.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    with _StopSignals() as signals:
+        batches = batch_stream(dataset, step, config.steps, workers, pin=cuda)
+        while step < config.steps:
+            batch = next(batches)
+            x = batch["energies"].to(ctx.device, non_blocking=True)
+            b = x.shape[1]
+            # The model sees log-mel: the samplers worked on linear energies (section 3.2).
+            x = frontend.log_mel(x).reshape(3 * b, 1, frontend.WINDOW_FRAMES, frontend.N_MELS)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                emb = ddp_model(x)
+            a, p, n = emb.float().split(b)
+            loss, stats = loss_fn(a, p, n, batch["candidates"].to(ctx.device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            triplets_seen += per_step
+            steps_since += 1
+            acc[:5] += torch.stack([loss.detach(), stats["active"], stats["d_ap"], stats["d_an"],
+                                    torch.ones((), device=ctx.device)]).double()
+            acc[5:] += batch["counts"].to(ctx.device).double()
+            if step % config.log_every == 0 or step == config.steps:
+                distributed.all_reduce_sum(acc, ctx)
+                now = time.monotonic()
+                vals = acc.tolist()
+                k = vals[4]
+                record = {"step": step, "loss": vals[0] / k, "active": vals[1] / k,
+                          "d_ap": vals[2] / k, "d_an": vals[3] / k,
+                          "triplets_per_s": per_step * steps_since / max(now - t_log, 1e-9),
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "samplers": {nm: int(c) for nm, c in zip(names, vals[5:])},
+                          "triplets_seen": triplets_seen,
+                          "elapsed_s": round(elapsed + now - started, 3)}
+                if log_file is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                acc.zero_()
+                t_log, steps_since = now, 0
+            stop = None
+            if signals.received:
+                stop = f"signal {signals.received}"
+            elif max_triplets is not None and triplets_seen >= max_triplets:
+                stop = "max_triplets"
+            elif max_minutes is not None and time.monotonic() - started >= 60.0 * max_minutes:
+                stop = "max_minutes"
+            if distributed.any_rank(stop is not None, ctx):
+                reason = stop or "another rank stopped"
+                break
+            if step % config.checkpoint_every == 0:
+                checkpoint()
+                saved_step = step
+        if saved_step != step:
+            checkpoint()
+    if log_file is not None:
+        log_file.close()
+    if write_checksums:
+        (out / f"params.rank{ctx.rank}.sha256").write_text(param_checksum(model) + "\n")
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        echo(f"stopped at step {step} ({triplets_seen} triplets): {reason}; checkpoint {ckpt_path}")
+    return RunResult(step, triplets_seen, reason, ckpt_path if ctx.is_main else None)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint as a dict (weights on CPU), checked for the fields export needs."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"model", "step", "triplets_seen", "config"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint (missing {sorted(missing)})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> AudioResNet:
+    model = AudioResNet(ModelConfig.from_dict(ckpt["config"]["model"]))
+    model.load_state_dict(ckpt["model"])
+    return model
