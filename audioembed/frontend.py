@@ -26,6 +26,7 @@ Window tensors are ``(n_windows, WINDOW_FRAMES, N_MELS)``: time first, like VGGi
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 
 import torch
@@ -121,7 +122,7 @@ def mel_energies(waveform: torch.Tensor) -> torch.Tensor:
     Linear (not log) power; see the module docstring for the exact definition.
     """
     if waveform.shape[-1] == 0:
-        return waveform.new_zeros(*waveform.shape[:-1], 0, N_MELS)
+        return torch.zeros(*waveform.shape[:-1], 0, N_MELS, device=waveform.device)
     x = waveform.to(torch.float32)
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
@@ -148,9 +149,12 @@ def log_mel(energies: torch.Tensor) -> torch.Tensor:
 
 def hop_frames(hop_seconds: float = DEFAULT_HOP_SECONDS) -> int:
     """Window hop in frames for a hop in seconds (rounded to whole 10 ms frames)."""
-    if not (isinstance(hop_seconds, (int, float)) and math.isfinite(hop_seconds)):
+    # numbers.Real admits numpy scalars (a hop read from a config or CLI); bool is an int
+    # subclass but never a meaningful hop.
+    if (isinstance(hop_seconds, bool) or not isinstance(hop_seconds, numbers.Real)
+            or not math.isfinite(hop_seconds)):
         raise ValueError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
-    hop = round(hop_seconds * FRAMES_PER_SECOND)
+    hop = round(float(hop_seconds) * FRAMES_PER_SECOND)
     if hop < 1:
         raise ValueError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
     return hop
@@ -162,6 +166,8 @@ def window_starts(n_frames: int, hop: int) -> list[int]:
     At least one window (a short clip is padded); a trailing partial window is kept when it holds
     at least ``MIN_TRAILING_FRAMES`` frames.
     """
+    if hop < 1:
+        raise ValueError(f"window hop must be at least one frame, got {hop}")
     if n_frames <= WINDOW_FRAMES:
         return [0]
     full = (n_frames - WINDOW_FRAMES) // hop + 1
@@ -184,6 +190,8 @@ def frame_windows(frames: torch.Tensor, hop: int, pad_value: float = 0.0) -> tup
     ``pad_value`` fills frames past the end: 0 for mel energies (zero energy), and
     ``log(LOG_OFFSET)`` for log-mel features, which is the same thing after the log.
     """
+    if frames.dim() != 2 or frames.shape[1] != N_MELS:
+        raise ValueError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
     n = frames.shape[0]
     starts = window_starts(n, hop)
     need = starts[-1] + WINDOW_FRAMES

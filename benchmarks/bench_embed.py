@@ -1,0 +1,102 @@
+"""End-to-end ``embed()`` throughput against the bare network, in one run.
+
+    python benchmarks/bench_embed.py [--seconds 60] [--repeats 5] [--sr 16000]
+
+A randomly initialised ResNet-50 is saved to a temporary model folder (the release format), a
+``--seconds`` long noise clip is written as a WAV file at ``--sr``, and the script prints:
+
+* end-to-end windows/s of ``embed(path, model=folder)``: decode, resample, frontend, batching,
+  forward, pooling (the model load is cached by ``embed`` and done once before timing);
+* model-only windows/s: the same batches of precomputed log-mel windows through the same model,
+  channels_last under ``inference_mode``;
+* their ratio (target: >= 0.9).
+
+Each figure is the best of ``--repeats`` timed runs, the two measurements alternating, which is
+the least disturbed by other processes on a shared machine; the load average is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run from a source checkout without installing: the package is the script's parent's sibling.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from audioembed import AudioResNet, ModelConfig, embed, frontend, save_model_folder
+from audioembed.api import DEFAULT_BATCH_SIZE, resolve_model
+from audioembed.audio_io import load_waveform
+
+
+def interleaved_best(fns: dict, repeats: int) -> dict:
+    """Best wall time of each function over ``repeats`` rounds, the functions alternating.
+
+    Alternating (rather than timing one function's runs, then the other's) exposes both to the
+    same background load, so a burst from another process does not bias the ratio.
+    """
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="clip length (default 60)")
+    ap.add_argument("--sr", type=int, default=frontend.SAMPLE_RATE, help="clip sample rate")
+    ap.add_argument("--repeats", type=int, default=8, help="timed runs per measurement; best kept")
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model_folder(AudioResNet(ModelConfig()).eval(), Path(tmp) / "model",
+                                   provenance={"note": "random init, benchmark only"})
+        wav = Path(tmp) / "clip.wav"
+        sf.write(wav, (0.1 * rng.standard_normal(int(args.seconds * args.sr))).astype(np.float32),
+                 args.sr, subtype="FLOAT")
+
+        # Warm-up: loads (and caches) the model, and lets oneDNN pick its kernels.
+        first = embed(wav, model=folder, batch_size=args.batch_size, windows=True)
+        n_windows = first.window_embeddings.shape[0]
+
+        # The very instance embed() uses (it caches loads per folder), so both timings share weights.
+        model = resolve_model(folder, None)
+        windows, _ = frontend.log_mel_windows(load_waveform(wav))
+        batches = [windows[i:i + args.batch_size].unsqueeze(1).contiguous(memory_format=torch.channels_last)
+                   for i in range(0, windows.shape[0], args.batch_size)]
+
+        def model_only() -> None:
+            with torch.inference_mode():
+                for b in batches:
+                    model(b)
+
+        model_only()
+        best = interleaved_best({
+            "e2e": lambda: embed(wav, model=folder, batch_size=args.batch_size),
+            "fwd": model_only,
+        }, args.repeats)
+        e2e, fwd = best["e2e"], best["fwd"]
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"clip: {args.seconds:g} s at {args.sr} Hz -> {n_windows} windows, batch size {args.batch_size}, "
+          f"best of {args.repeats}")
+    print(f"end-to-end embed(): {n_windows / e2e:8.1f} windows/s  ({e2e * 1e3:.1f} ms)")
+    print(f"model-only forward: {n_windows / fwd:8.1f} windows/s  ({fwd * 1e3:.1f} ms)")
+    print(f"ratio end-to-end / model-only: {fwd / e2e:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
