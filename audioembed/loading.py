@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from audioembed.model import AudioResNet
 from audioembed.model_folder import CONFIG_NAME, WEIGHTS_NAME, ModelFormatError, load_model_folder
 
 HF_PREFIX = "hf-hub:"
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelNotAvailableError(RuntimeError):
-    """A known model whose weights are not available here."""
+    """A model whose weights cannot be had here: not released yet, not on the Hub at the asked
+    revision, or not in the cache while offline. The message says what to do instead."""
 
 
 def _version() -> str:
@@ -34,15 +37,59 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
 
 def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = None,
                       token: str | bool | None = None) -> Path:
-    """Fetch ``config.json`` and ``model.safetensors`` (honours HF_HUB_OFFLINE, HF_ENDPOINT)."""
-    from huggingface_hub import hf_hub_download
+    """Fetch ``config.json`` and ``model.safetensors`` (honours HF_HUB_OFFLINE, HF_ENDPOINT).
 
-    paths = [
-        hf_hub_download(repo_id, fname, revision=revision, cache_dir=cache_dir, token=token,
-                        library_name="audioembed", library_version=_version())
-        for fname in (CONFIG_NAME, WEIGHTS_NAME)
-    ]
-    return Path(paths[0]).parent
+    Returns the snapshot folder holding both. Hub failures become :class:`ModelNotAvailableError`
+    naming the repository, the revision and what to check.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import (EntryNotFoundError, LocalEntryNotFoundError,
+                                       RepositoryNotFoundError, RevisionNotFoundError)
+
+    what = f"{HF_PREFIX}{repo_id}@{revision or 'main'}"
+
+    def fetch(fname: str, rev: str | None) -> Path:
+        return Path(hf_hub_download(repo_id, fname, revision=rev, cache_dir=cache_dir, token=token,
+                                    library_name="audioembed", library_version=_version()))
+
+    try:
+        config_path = fetch(CONFIG_NAME, revision)
+        # The cache stores files under snapshots/<commit>/. Fetching the weights at that commit,
+        # not at a branch name again, keeps config and weights from one commit even if the
+        # branch moves between the two requests.
+        commit = config_path.parent.name
+        weights_path = fetch(WEIGHTS_NAME, commit if _COMMIT_RE.fullmatch(commit) else revision)
+    except RevisionNotFoundError as exc:
+        raise ModelNotAvailableError(
+            f"{what}: the repository has no revision {revision!r} on {constants.ENDPOINT}; "
+            "check the branch, tag or commit after '@'") from exc
+    except RepositoryNotFoundError as exc:  # also gated repositories
+        raise ModelNotAvailableError(
+            f"{what}: repository not found on {constants.ENDPOINT}, or not accessible; for a private "
+            "or gated repository pass token=... or set HF_TOKEN") from exc
+    except LocalEntryNotFoundError as exc:
+        how = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+               else f"{constants.ENDPOINT} could not be reached")
+        raise ModelNotAvailableError(
+            f"{what}: not in the Hub cache ({cache_dir or constants.HF_HUB_CACHE}) and {how}; "
+            "load it once online with the same cache_dir") from exc
+    except EntryNotFoundError as exc:  # the repository exists but lacks one of the two files
+        raise ModelNotAvailableError(
+            f"{what}: the repository lacks {CONFIG_NAME} or {WEIGHTS_NAME}; it is not an "
+            "audioembed model repository") from exc
+    if weights_path.parent != config_path.parent:
+        raise ModelFormatError(f"{what}: {CONFIG_NAME} and {WEIGHTS_NAME} came from different "
+                               f"snapshots ({config_path.parent} and {weights_path.parent})")
+    return config_path.parent
+
+
+def _load_hub(repo: str, revision: str | None, *, cache_dir: str | None, device, token,
+              expected_sha256: str | None = None) -> AudioResNet:
+    folder = download_from_hub(repo, revision, cache_dir=cache_dir, token=token)
+    model = load_model_folder(folder, device=device, expected_sha256=expected_sha256)
+    model.info["source"] = f"{HF_PREFIX}{repo}@{revision or 'main'}"
+    model.info["commit"] = folder.name
+    return model
 
 
 def _bundled_folder(entry: registry.PretrainedModel) -> Path:
@@ -69,20 +116,24 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     and ``token``. Nothing is downloaded unless a Hub name is given.
     """
     name = os.fspath(name_or_path) if name_or_path is not None else registry.DEFAULT_MODEL
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
     if name.startswith(HF_PREFIX):
         repo, rev = parse_hub_name(name)
         if rev and revision and rev != revision:
             raise ValueError(f"two revisions given: {rev!r} in the name and {revision!r}")
-        folder = download_from_hub(repo, rev or revision, cache_dir=cache_dir and os.fspath(cache_dir),
-                                   token=token)
-        model = load_model_folder(folder, device=device)
-        model.info["source"] = f"{HF_PREFIX}{repo}@{rev or revision or 'main'}"
-        return model
+        return _load_hub(repo, rev or revision, cache_dir=cache_dir, device=device, token=token)
+    if revision is not None:
+        # A silently ignored pin would load something other than what the caller asked for.
+        raise ValueError(f"revision={revision!r} applies to hf-hub: names only, not to {name!r}")
     entry = registry.get(name)
     if entry is not None:
         if entry.source.startswith(HF_PREFIX):
-            return load_model(entry.source, cache_dir=cache_dir, device=device, token=token)
-        model = load_model_folder(_bundled_folder(entry), device=device, expected_sha256=entry.sha256)
+            repo, rev = parse_hub_name(entry.source)
+            model = _load_hub(repo, rev, cache_dir=cache_dir, device=device, token=token,
+                              expected_sha256=entry.sha256)
+        else:
+            model = load_model_folder(_bundled_folder(entry), device=device,
+                                      expected_sha256=entry.sha256)
         model.info["source"] = f"registry:{entry.name}"
         return model
     if Path(name).is_dir():

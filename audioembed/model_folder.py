@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from audioembed import frontend
@@ -54,9 +55,19 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
                       dtype: torch.dtype = torch.float16) -> Path:
     """Write ``model`` in the release format; returns the folder."""
     folder = Path(folder)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point():
+            cast = v.to(dtype)
+            # fp16 tops out at 65504: a weight or BN running variance past it would be stored as
+            # inf and silently break every embedding. Refuse rather than write such a release.
+            if not torch.isfinite(cast).all() and torch.isfinite(v).all():
+                raise ValueError(f"{k}: values exceed the range of {dtype} (max |x| = "
+                                 f"{v.abs().max().item():.4g}); save with a wider dtype")
+            v = cast
+        tensors[k] = v.contiguous()
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-               for k, v in model.state_dict().items()}
     config = {
         "format_version": FORMAT_VERSION,
         "library": "audioembed",
@@ -78,20 +89,28 @@ def read_config(folder: str | os.PathLike) -> dict:
         config = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelFormatError(f"{folder}: no {CONFIG_NAME}; not an audioembed model folder") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object, got {type(config).__name__}")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFormatError(f"{path}: format_version {version!r} is not supported by this "
                                f"audioembed (knows {FORMAT_VERSION}); upgrade audioembed")
-    mismatches = frontend.config_mismatches(config.get("frontend", {}))
+    if not isinstance(config.get("frontend"), dict):
+        raise ModelFormatError(f"{path}: no frontend config; cannot check that this code computes "
+                               "the features the model was trained on")
+    mismatches = frontend.config_mismatches(config["frontend"])
     if mismatches:
         raise ModelFormatError(f"{path}: the model was trained with a different frontend than this "
                                "code computes; refusing to load. " + "; ".join(mismatches))
     try:
-        ModelConfig.from_dict(config.get("model", {}))
+        model_config = ModelConfig.from_dict(config.get("model", {}))
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"{path}: bad model config ({exc})") from exc
+    if config.get("embedding_dim") != model_config.embedding_dim:
+        raise ModelFormatError(f"{path}: embedding_dim {config.get('embedding_dim')!r} disagrees with "
+                               f"the model config's {model_config.embedding_dim}")
     return config
 
 
@@ -111,11 +130,20 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
         raise ModelFormatError(f"{weights}: sha256 {digest} does not match the registry's "
                                f"{expected_sha256}; the file is corrupt or was replaced")
     model = AudioResNet(ModelConfig.from_dict(config["model"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFormatError(f"{weights}: weights do not match the config "
-                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    try:
+        stored = load_file(str(weights))
+    except SafetensorError as exc:
+        raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
+    model.load_state_dict(state)
     model.info = {"folder": str(folder), "sha256": digest, "config": config}
     model.eval()
     model.to(device=device or "cpu", memory_format=torch.channels_last)
