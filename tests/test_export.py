@@ -1,0 +1,58 @@
+"""Export: a checkpoint becomes a release folder that ``audioembed.load_model`` loads and uses."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import audioembed
+from training.config import load_config
+from training.export import write_model_card
+from training.feature_cache import build_cache
+from training.trainer import load_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    audio = tmp / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(audio / f"a{i}.wav", (0.3 * rng.standard_normal(24000)).astype(np.float32), 16000)
+    build_cache(audio, tmp / "cache", progress=False)
+    cfg = tmp / "c.toml"
+    cfg.write_text(f'[data]\ncache = "{tmp / "cache"}"\n[model]\nlayers = [1, 1, 1, 1]\nbase_width = 8\n'
+                   '[train]\nbatch_size = 4\nsteps = 2\n[runtime]\ndevice = "cpu"\nthreads = 1\n')
+    train(load_config(cfg), tmp / "run", echo=lambda s: None)
+    return tmp / "run" / "checkpoint.pt", audio / "a0.wav"
+
+
+def test_export_loads_and_embeds(checkpoint, tmp_path):
+    ckpt, wav = checkpoint
+    out = tmp_path / "model"
+    res = subprocess.run([sys.executable, "-m", "training", "export", str(ckpt), str(out), "--name", "tiny-test"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    model = audioembed.load_model(out)
+    prov = model.info["config"]["provenance"]
+    assert prov["name"] == "tiny-test" and prov["steps"] == 2 and prov["triplets_seen"] == 8
+    assert len(prov["data_manifest_sha256"]) == 64 and prov["training_config"]["model"]["base_width"] == 8
+    assert prov["date"] and "git_commit" in prov
+    e = audioembed.embed(str(wav), model=model)
+    assert e.shape == (128,) and abs(float(np.linalg.norm(e)) - 1) < 1e-4
+    # fp16 release weights equal the checkpoint's rounded to fp16.
+    state = load_checkpoint(ckpt)["model"]
+    k = "layer1.0.conv1.weight"
+    torch.testing.assert_close(model.state_dict()[k], state[k].half().float())
+    card = write_model_card(out, "org/tiny", prov).read_text()
+    assert "hf-hub:org/tiny" in card and prov["data_manifest_sha256"] in card
+    assert json.loads((out / "config.json").read_text())["provenance"]["world_size"] == 1
