@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from functools import lru_cache
 
@@ -25,29 +26,98 @@ class SilentAudioWarning(UserWarning):
     """The input is all zeros: it is embedded, but its embedding carries no information."""
 
 
+# Extensions a folder or glob is searched for: the formats libsndfile (soundfile) decodes.
+# An input named explicitly on the command line is tried whatever its extension.
+AUDIO_EXTENSIONS = frozenset({
+    "wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd",
+    "caf", "w64", "rf64",
+})
+
+# Signatures of containers libsndfile reads: a file that starts with one yet cannot be opened
+# has a corrupt header (re-export it), which is a different fix from an unsupported format.
+_SIGNATURES = ((0, b"RIFF", "WAV"), (0, b"RIFX", "WAV"), (0, b"RF64", "RF64"), (0, b"riff", "W64"),
+               (0, b"fLaC", "FLAC"), (0, b"OggS", "Ogg"), (0, b"FORM", "AIFF"), (0, b".snd", "AU"),
+               (0, b"caff", "CAF"), (0, b"ID3", "MP3"))
+# Common formats libsndfile cannot read, so the message can say what the file is.
+_FOREIGN = ((4, b"ftyp", "MP4/M4A/AAC"), (0, b"\x1aE\xdf\xa3", "Matroska/WebM"),
+            (0, b"0&\xb2u", "ASF/WMA"), (0, b"wvpk", "WavPack"), (0, b"MAC ", "Monkey's Audio"),
+            (0, b"#!AMR", "AMR"), (0, b"MThd", "MIDI"))
+_READABLE = "WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, AU, CAF, W64"
+
+
+def _sniff(head: bytes, table) -> str | None:
+    for offset, magic, fmt in table:
+        if head[offset:offset + len(magic)] == magic:
+            return fmt
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # The 512-byte sample may end inside a multi-byte character.
+        if exc.start < len(head) - 3:
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
+
+
+def _libsndfile_reason(exc: Exception) -> str:
+    reason = getattr(exc, "error_string", None) or str(exc).strip() or type(exc).__name__
+    # soundfile prefixes "Error opening 'PATH': "; the caller names the file already.
+    return re.sub(r"^Error opening .*?: ", "", reason.splitlines()[-1]).rstrip(".")
+
+
 def describe_read_failure(path: str, exc: Exception) -> str:
-    """A one-line reason why soundfile could not open ``path``."""
-    if not os.path.exists(path):
+    """A one-line reason, naming ``path``, why soundfile could not open it."""
+    if not os.path.lexists(path):
         return f"{path}: no such file"
+    if not os.path.exists(path):
+        return f"{path}: broken symbolic link"
     if os.path.isdir(path):
         return f"{path}: is a directory, not an audio file"
     if not os.access(path, os.R_OK):
         return f"{path}: permission denied"
     if os.path.getsize(path) == 0:
         return f"{path}: empty file (0 bytes)"
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return f"{path}: not a readable audio file or unsupported format ({reason})"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"{path}: cannot be read ({err.strerror or err})"
+    reason = _libsndfile_reason(exc)
+    fmt = _sniff(head, _SIGNATURES)
+    if fmt is not None:
+        return f"{path}: corrupt or truncated {fmt} header ({reason})"
+    if _looks_like_text(head):
+        return f"{path}: is a text file, not audio"
+    fmt = _sniff(head, _FOREIGN)
+    if fmt is not None:
+        return f"{path}: unsupported format ({fmt}); convert it to WAV or FLAC, e.g. with ffmpeg"
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext in AUDIO_EXTENSIONS:
+        return f"{path}: corrupt or unrecognised header, not a readable .{ext} file ({reason})"
+    shown = f"'.{ext}'" if ext else "without an extension"
+    return f"{path}: unsupported format {shown} (readable: {_READABLE})"
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode ``path`` to a mono float32 array (channels averaged) and its sample rate."""
     path = os.fspath(path)
     try:
-        with sf.SoundFile(path) as f:
-            sr = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        f = sf.SoundFile(path)
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
         raise AudioError(describe_read_failure(path, exc)) from exc
+    with f:
+        sr = f.samplerate
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+            raise AudioError(f"{path}: audio data is corrupt or truncated "
+                             f"({_libsndfile_reason(exc)})") from exc
     return to_mono(data.T, name=path), int(sr)
 
 
@@ -83,8 +153,10 @@ def check_samples(samples: np.ndarray, name: str) -> None:
     """Refuse empty or non-finite audio; warn (and go on) on all-zero audio."""
     if samples.size == 0:
         raise AudioError(f"{name}: zero-length audio (no samples)")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{name}: contains NaN or infinite samples")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(samples.size - np.count_nonzero(finite))
+        raise AudioError(f"{name}: contains NaN or infinite samples ({bad} of {samples.size})")
     if not samples.any():
         warnings.warn(f"{name}: audio is all zeros; its embedding is that of silence",
                       SilentAudioWarning, stacklevel=3)

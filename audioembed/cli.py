@@ -1,0 +1,158 @@
+"""The ``audioembed`` command: ``extract`` and ``info``. A thin click layer over ``extract.run``."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from audioembed import __version__, extract as extract_mod, frontend
+from audioembed.api import DEFAULT_BATCH_SIZE
+
+MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or "
+              "hf-hub:org/repo[@revision]. Default: the registry's default model.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="audioembed")
+def main() -> None:
+    """Unsupervised semantic audio embeddings (Jansen et al., ICASSP 2018): 128-d, unit norm."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="X.npy (one input), a folder (one .npy per input) or X.npz (one archive).")
+@click.option("--format", "fmt", type=click.Choice(extract_mod.FORMATS), default=None,
+              help="Output format. Default: npz if -o ends in .npz, otherwise npy.")
+@click.option("--windows", is_flag=True,
+              help="Also write per-window embeddings and their timestamps (layout above).")
+@click.option("--hop", type=float, default=frontend.DEFAULT_HOP_SECONDS, show_default=True,
+              help="Seconds between window starts (0.96 = no overlap).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
+              show_default=True, help="Windows per forward pass; windows of many files share batches.")
+@click.option("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1. Default: cpu.")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
+def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, quiet):
+    """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
+
+    \b
+    INPUT is a file, a folder or a glob (quote it to let audioembed expand it; ** descends).
+    Folders and globs give their files with an audio extension (wav, flac, ogg, oga, opus,
+    mp3, aiff, aif, au, caf, w64, ...), sorted by name; hidden files are skipped. A file
+    named explicitly is tried whatever its extension. Any sample rate and channel count:
+    channels are averaged, audio is resampled to 16 kHz.
+
+    \b
+    Outputs (written atomically: never a partial file):
+      -o emb.npy          one input -> (128,) segment embedding
+      -o DIR              one DIR/<name>.npy per input, mirroring its path below the
+                          folder or glob it was found under (recordings/a/b.wav -> DIR/a/b.npy)
+      -o all.npz          names (N,) input paths, embeddings (N, 128)
+    With --windows:
+      npy                 also <name>.windows.npy (n, 128) and <name>.timestamps.npy (n,)
+                          beside each <name>.npy
+      npz                 also window_embeddings (W, 128), timestamps (W,) and offsets (N+1,):
+                          input i's windows are rows offsets[i]:offsets[i+1]
+    Timestamps are window centres in seconds.
+
+    \b
+    A bad input (unreadable, empty, corrupt, NaN samples, existing output without
+    --overwrite) fails alone: the others are still written and the failures are listed at
+    the end on stderr. All-zero audio is embedded with a warning.
+    Exit status: 0 all inputs embedded, 1 some input failed, 2 usage error (bad option,
+    impossible output, model cannot be loaded).
+
+    \b
+    Examples:
+      audioembed extract clip.wav -o emb.npy
+      audioembed extract recordings/ --recursive -o out/
+      audioembed extract "data/*.wav" --windows -o all.npz
+    """
+    try:
+        report = extract_mod.run(
+            inputs, output, model=model, hop=hop, batch_size=batch_size, device=device, fmt=fmt,
+            windows=windows, recursive=recursive, overwrite=overwrite, progress=not quiet)
+    except extract_mod.UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if report.failures:
+        click.echo(f"{report.failed} failed ({report.succeeded} of {report.total} inputs embedded):",
+                   err=True)
+        for line in report.failures:
+            click.echo(f"  {line}", err=True)
+    elif not quiet:
+        click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)} -> {output}",
+                   err=True)
+    sys.exit(report.exit_code)
+
+
+def model_info(model: str | None) -> tuple[dict, str | None]:
+    """What ``info`` prints, and why the model could not be loaded (None when it loaded).
+
+    Raises:
+        extract.UsageError: ``model`` names no registered model, folder or Hub repository.
+    """
+    from audioembed import registry
+    from audioembed.loading import HF_PREFIX, load_model
+
+    name = model or registry.DEFAULT_MODEL
+    entry = registry.get(name)
+    if entry is None and not name.startswith(HF_PREFIX) and not os.path.isdir(name):
+        raise extract_mod.UsageError(
+            f"--model {name!r} is neither a registered model ({', '.join(registry.list_models())}), "
+            "a model folder, nor hf-hub:org/repo[@revision]")
+    info: dict = {"model": name}
+    if entry is not None:
+        info["registry"] = {"source": entry.source, "sha256": entry.sha256, "license": entry.license,
+                            "paper": entry.paper, "description": entry.description}
+    problem = None
+    try:
+        net = load_model(name)
+    # Reported, not raised: info still prints what it knows about a model it cannot load.
+    except extract_mod.MODEL_LOAD_ERRORS as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        info["weights"] = "missing or unloadable"
+        info["error"] = str(exc)
+    else:
+        info.update({
+            "weights": "loaded",
+            "source": net.info.get("source"),
+            "folder": net.info.get("folder"),
+            "sha256": net.info.get("sha256"),
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "config": net.info["config"].get("model"),
+            "provenance": net.info["config"].get("provenance"),
+        })
+    info["frontend"] = frontend.config()
+    info["registered_models"] = registry.list_models()
+    return info, problem
+
+
+@main.command()
+@click.option("--model", default=None, help=MODEL_HELP)
+def info(model):
+    """Print a model's source, sha256, config and the frontend constants, as JSON.
+
+    \b
+    Exit status: 0 the model loaded; 1 it is known (registered, a folder, a Hub name) but
+    its weights are missing or cannot be loaded (everything else is still printed, and the
+    reason goes to stderr); 2 --model names nothing known.
+    """
+    try:
+        payload, problem = model_info(model)
+    except extract_mod.UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(json.dumps(payload, indent=2, default=str))
+    if problem is not None:
+        click.echo(f"error: the model's weights cannot be loaded: {problem}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(prog_name="audioembed")

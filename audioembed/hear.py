@@ -1,0 +1,102 @@
+"""The HEAR 2021 API (https://hearbenchmark.com/hear-api.html) over an audioembed model.
+
+    >>> import audioembed.hear as hear
+    >>> model = hear.load_model("path/to/model_folder")   # "" -> the default model
+    >>> scene = hear.get_scene_embeddings(audio, model)    # audio: (n_sounds, n_samples) at 16 kHz
+    >>> emb, ts = hear.get_timestamp_embeddings(audio, model)
+
+Scene embeddings are exactly :func:`audioembed.embed`'s segment embeddings: windows with the
+default 0.96 s hop, averaged and re-normalised.
+
+Timestamp embeddings use a 50 ms hop (``TIMESTAMP_HOP_SECONDS``, HEAR's usual choice). So that
+the timestamps cover the whole sound rather than starting half a window (475 ms) in, each sound
+is padded with ``PAD_SAMPLES`` of silence at both ends: window ``k`` is then centred at exactly
+``k * 50`` ms of the original sound. Timestamps are in milliseconds, as HEAR requires.
+"""
+from __future__ import annotations
+
+import torch
+
+from audioembed import frontend
+from audioembed.model import AudioResNet
+
+TIMESTAMP_HOP_SECONDS = 0.05
+# Half a window: the centre of window 0 then falls on the first sample of the sound.
+PAD_SAMPLES = frontend.WINDOW_CENTRE_SAMPLES
+BATCH_SIZE = 256  # windows per forward pass; bounds memory for long or many sounds
+
+
+class HearModel(torch.nn.Module):
+    """An embedding network with the attributes HEAR's harness reads."""
+
+    sample_rate = frontend.SAMPLE_RATE
+
+    def __init__(self, net: AudioResNet):
+        super().__init__()
+        self.net = net
+        self.scene_embedding_size = net.config.embedding_dim
+        self.timestamp_embedding_size = net.config.embedding_dim
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.net(windows)
+
+
+def load_model(model_file_path: str = "") -> HearModel:
+    """A model folder, registry name or ``hf-hub:`` name; ``""`` loads the default model."""
+    from audioembed.loading import load_model as _load
+
+    return HearModel(_load(model_file_path or None))
+
+
+def _check_audio(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    if not isinstance(audio, torch.Tensor) or audio.dim() != 2:
+        shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
+        raise ValueError(f"audio must be a (n_sounds, n_samples) tensor at "
+                         f"{model.sample_rate} Hz, got {shape}")
+    if audio.shape[1] == 0:
+        raise ValueError("audio has zero samples")
+    return audio.to(next(model.parameters()).device, torch.float32)
+
+
+def _log_mel_windows(audio: torch.Tensor, hop: int) -> tuple[torch.Tensor, list[int]]:
+    """``(n_sounds, n_windows, WINDOW_FRAMES, N_MELS)`` log-mel windows of equal-length sounds."""
+    energies = frontend.mel_energies(audio)  # (n_sounds, frames, N_MELS)
+    starts = frontend.window_starts(energies.shape[1], hop)
+    need = starts[-1] + frontend.WINDOW_FRAMES
+    if need > energies.shape[1]:
+        energies = torch.nn.functional.pad(energies, (0, 0, 0, need - energies.shape[1]))
+    idx = (torch.as_tensor(starts, device=audio.device).unsqueeze(1)
+           + torch.arange(frontend.WINDOW_FRAMES, device=audio.device).unsqueeze(0))
+    return frontend.log_mel(energies[:, idx]), starts
+
+
+def _embed_windows(windows: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """``(n_sounds, n, T, F)`` windows -> ``(n_sounds, n, D)`` embeddings, in bounded batches."""
+    flat = windows.reshape(-1, *windows.shape[2:])
+    with torch.inference_mode():
+        out = torch.cat([model(flat[i:i + BATCH_SIZE]) for i in range(0, flat.shape[0], BATCH_SIZE)])
+    return out.reshape(*windows.shape[:2], -1)
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings every 50 ms: ``((n_sounds, n_timestamps, D), (n_sounds, n_timestamps) ms)``."""
+    audio = _check_audio(audio, model)
+    padded = torch.nn.functional.pad(audio, (PAD_SAMPLES, PAD_SAMPLES))
+    windows, starts = _log_mel_windows(padded, frontend.hop_frames(TIMESTAMP_HOP_SECONDS))
+    emb = _embed_windows(windows, model)
+    # Centre of window k in the padded sound, minus the padding: integer samples, then ms.
+    centres = (torch.as_tensor(starts, dtype=torch.int64) * frontend.HOP_LENGTH
+               + frontend.WINDOW_CENTRE_SAMPLES - PAD_SAMPLES)
+    ms = centres.to(torch.float64) * 1000.0 / frontend.SAMPLE_RATE
+    ts = ms.to(torch.float32).to(emb.device).expand(audio.shape[0], -1).contiguous()
+    return emb, ts
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """One embedding per sound, ``(n_sounds, D)``: the same as ``audioembed.embed``."""
+    audio = _check_audio(audio, model)
+    windows, _ = _log_mel_windows(audio, frontend.hop_frames(frontend.DEFAULT_HOP_SECONDS))
+    emb = _embed_windows(windows, model)
+    mean = emb.to(torch.float64).mean(dim=1)
+    return torch.nn.functional.normalize(mean, dim=1).to(torch.float32)
