@@ -1,0 +1,168 @@
+"""Every bad input fails alone with a one-line reason naming it; odd-but-valid audio works.
+
+All files are made here: bytes written directly, or arrays written with soundfile.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from audioembed import embed, extract
+from audioembed.cli import main
+
+
+def good_wav_bytes(tmp_path: Path, make_wav) -> bytes:
+    return make_wav("_template.wav", seconds=0.5).read_bytes()
+
+
+def _bad_files(tmp_path: Path, make_wav) -> dict[str, tuple[Path, str]]:
+    """name -> (file, phrase its failure must contain)."""
+    wav = good_wav_bytes(tmp_path, make_wav)
+    d = tmp_path / "bad"
+    d.mkdir()
+    cases = {}
+
+    def add(key, name, content, phrase):
+        path = d / name
+        if content is not None:
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        cases[key] = (path, phrase)
+
+    add("empty file", "empty.wav", b"", "empty file (0 bytes)")
+    zero = d / "zero_length.wav"
+    sf.write(zero, np.zeros(0, np.float32), 16000)
+    cases["zero-length audio"] = (zero, "zero-length audio")
+    add("corrupt header", "corrupt.wav", wav[:12] + b"fmt " + b"\x00" * 8, "corrupt or truncated WAV header")
+    add("text named .wav", "notes.wav", "title,artist\nsong,band\n", "is a text file, not audio")
+    add("unsupported format", "movie.m4a", b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 4,
+        "unsupported format (MP4/M4A/AAC)")
+    add("unknown extension", "blob.xyz", bytes(range(256)) * 4, "unsupported format '.xyz'")
+    nan = np.full(8000, 0.1, np.float32)
+    nan[100] = np.nan
+    sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
+    cases["NaN samples"] = (d / "nan.wav", "NaN or infinite samples")
+    inf = np.full(8000, 0.1, np.float32)
+    inf[-1] = np.inf
+    sf.write(d / "inf.wav", inf, 16000, subtype="FLOAT")
+    cases["inf samples"] = (d / "inf.wav", "NaN or infinite samples")
+    add("missing path", "does_not_exist.wav", None, "no such file")
+    os.symlink(d / "gone.wav", d / "dangling.wav")
+    cases["broken symlink"] = (d / "dangling.wav", "broken symbolic link")
+    return cases
+
+
+@pytest.fixture
+def bad_files(tmp_path, make_wav):
+    return _bad_files(tmp_path, make_wav)
+
+
+@pytest.mark.parametrize("case", ["empty file", "zero-length audio", "corrupt header", "text named .wav",
+                                  "unsupported format", "unknown extension", "NaN samples",
+                                  "inf samples", "missing path", "broken symlink"])
+def test_each_bad_input_fails_with_a_one_line_reason(case, bad_files, tiny_model_dir, tmp_path):
+    path, phrase = bad_files[case]
+    report = extract.run([path], tmp_path / "e.npy", model=tiny_model_dir)
+    assert report.succeeded == 0 and report.exit_code == 1
+    [reason] = report.failures
+    assert reason.startswith(f"{path}: ") and phrase in reason and "\n" not in reason
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_a_batch_writes_every_good_file_and_lists_the_bad_ones(bad_files, make_wav, tiny_model_dir, tmp_path):
+    goods = [make_wav("in/good1.wav", seconds=0.7, seed=1), make_wav("in/good2.flac", seconds=1.5, seed=2)]
+    bads = [p for p, _ in bad_files.values()]
+    inputs = [goods[0], *bads, goods[1]]
+    res = CliRunner().invoke(main, ["extract", *map(str, inputs), "-o", str(tmp_path / "out"),
+                                    "--model", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 1
+    for g in goods:
+        e = np.load(tmp_path / "out" / f"{g.stem}.npy")
+        np.testing.assert_allclose(e, embed(g, model=tiny_model_dir), atol=1e-6)
+    lines = res.stderr.splitlines()
+    assert lines[0] == f"{len(bads)} failed (2 of {len(bads) + 1} inputs embedded):"
+    for path, phrase in bad_files.values():
+        [line] = [ln for ln in lines if ln.strip().startswith(f"{path}: ")]
+        assert phrase in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.npy", "good2.npy"]
+
+
+def test_all_zero_audio_is_embedded_with_a_warning(make_wav, tiny_model_dir, tmp_path):
+    silent = make_wav("silent.wav", np.zeros(16000, np.float32))
+    res = CliRunner().invoke(main, ["extract", str(silent), "-o", str(tmp_path / "e.npy"),
+                                    "--model", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 0
+    assert res.stderr == f"warning: {silent}: audio is all zeros; its embedding is that of silence\n"
+    e = np.load(tmp_path / "e.npy")
+    assert e.shape == (128,) and np.isfinite(e).all()
+
+
+def test_unreadable_path(make_wav, tiny_model_dir, tmp_path, monkeypatch):
+    locked = make_wav("locked.wav", seconds=0.5)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):  # root reads anything: make the check see a denial
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda p, m, **kw: False if Path(p) == locked
+                                else real_access(p, m, **kw))
+            monkeypatch.setattr(sf, "SoundFile", _refuse(locked, sf.SoundFile))
+        report = extract.run([locked], tmp_path / "e.npy", model=tiny_model_dir)
+    finally:
+        locked.chmod(0o644)
+    assert report.failures == [f"{locked}: permission denied"]
+
+    not_a_dir = make_wav("plain.wav", seconds=0.5)
+    report = extract.run([f"{not_a_dir}/inner.wav"], tmp_path / "f.npy", model=tiny_model_dir)
+    assert report.failures == [f"{not_a_dir}/inner.wav: no such file or folder"]
+
+
+def _refuse(path: Path, real):
+    def open_(file, *args, **kwargs):
+        if Path(file) == path:
+            raise sf.LibsndfileError(2, prefix=f"Error opening {str(file)!r}: ")
+        return real(file, *args, **kwargs)
+    return open_
+
+
+def test_existing_output_fails_that_input_only(make_wav, tiny_model_dir, tmp_path):
+    make_wav("in/a.wav", seconds=0.5, seed=1)
+    make_wav("in/b.wav", seconds=0.5, seed=2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.npy").write_bytes(b"keep")
+    report = extract.run([tmp_path / "in"], tmp_path / "out", model=tiny_model_dir)
+    assert report.succeeded == 1
+    assert report.failures == [f"{tmp_path / 'out/b.npy'}: exists; pass --overwrite to replace it "
+                               f"(input {tmp_path / 'in/b.wav'})"]
+    assert (tmp_path / "out" / "b.npy").read_bytes() == b"keep"
+    assert np.load(tmp_path / "out" / "a.npy").shape == (128,)
+
+
+@pytest.mark.parametrize("subtype,sr,channels", [
+    ("PCM_U8", 16000, 1), ("PCM_24", 16000, 1), ("FLOAT", 16000, 1), ("PCM_16", 16000, 6),
+    ("PCM_16", 8000, 1), ("PCM_16", 96000, 2),
+])
+def test_unusual_but_valid_audio_works(subtype, sr, channels, make_wav, tiny_model_dir, tmp_path):
+    wav = make_wav(f"x_{subtype}_{sr}_{channels}.wav", sr=sr, seconds=1.2, channels=channels,
+                   subtype=subtype)
+    assert sf.info(str(wav)).subtype == subtype and sf.info(str(wav)).channels == channels
+    report = extract.run([wav], tmp_path / "e.npy", model=tiny_model_dir)
+    assert report.failures == [] and report.succeeded == 1
+    e = np.load(tmp_path / "e.npy")
+    assert e.shape == (128,) and np.isfinite(e).all()
+    np.testing.assert_allclose(np.linalg.norm(e), 1.0, atol=1e-4)
+
+
+def test_six_channels_embed_as_their_mean(make_wav, tiny_model_dir):
+    rng = np.random.default_rng(7)
+    # Different content per channel, so averaging differs from taking any one channel.
+    chans = (0.2 * rng.standard_normal((24000, 6))).astype(np.float32)
+    multi = make_wav("six.wav", chans, subtype="FLOAT")
+    mono = make_wav("mean.wav", chans.astype(np.float64).mean(1).astype(np.float32), subtype="FLOAT")
+    first = make_wav("first.wav", chans[:, 0], subtype="FLOAT")
+    e_multi, e_mono, e_first = embed([multi, mono, first], model=tiny_model_dir)
+    np.testing.assert_allclose(e_multi, e_mono, atol=1e-5)
+    assert np.abs(e_multi - e_first).max() > 1e-3

@@ -1,0 +1,255 @@
+"""``audioembed extract`` and ``audioembed info``: outputs, layouts, exit codes, progress."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from audioembed import embed, extract, frontend
+from audioembed.cli import main
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_unit(e: np.ndarray) -> None:
+    assert e.dtype == np.float32 and np.isfinite(e).all()
+    np.testing.assert_allclose(np.linalg.norm(e, axis=-1), 1.0, atol=1e-4)
+
+
+def test_single_file(tiny_model_dir, make_wav, tmp_path):
+    wav = make_wav("clip.wav", seconds=2.5)
+    out = tmp_path / "emb.npy"
+    res = cli("extract", wav, "-o", out, "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 0, res.output
+    e = np.load(out)
+    assert e.shape == (128,)
+    assert_unit(e)
+    np.testing.assert_allclose(e, embed(wav, model=tiny_model_dir), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "emb.npy"]  # no temp files
+
+
+def test_short_clip_gives_one_window(tiny_model_dir, make_wav, tmp_path):
+    wav = make_wav("blip.wav", seconds=0.3)
+    res = cli("extract", wav, "-o", tmp_path / "e.npy", "--windows", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "e.windows.npy").shape == (1, 128)
+    assert np.load(tmp_path / "e.timestamps.npy").tolist() == [0.475]
+    assert_unit(np.load(tmp_path / "e.npy"))
+
+
+def test_folder_top_level_and_recursive(tiny_model_dir, make_wav, tmp_path):
+    for name in ["rec/b.wav", "rec/a.flac", "rec/sub/c.wav", "rec/sub/deep/d.ogg", "rec/.hidden.wav"]:
+        make_wav(name, seconds=0.5)
+    (tmp_path / "rec" / "notes.txt").write_text("not audio")
+    top = cli("extract", tmp_path / "rec", "-o", tmp_path / "top", "--model", tiny_model_dir, "-q")
+    assert top.exit_code == 0, top.output
+    assert sorted(p.relative_to(tmp_path / "top").as_posix() for p in (tmp_path / "top").rglob("*")
+                  if p.is_file()) == ["a.npy", "b.npy"]
+
+    rec = cli("extract", tmp_path / "rec", "-r", "-o", tmp_path / "all", "--model", tiny_model_dir, "-q")
+    assert rec.exit_code == 0, rec.output
+    written = sorted(p.relative_to(tmp_path / "all").as_posix() for p in (tmp_path / "all").rglob("*")
+                     if p.is_file())
+    assert written == ["a.npy", "b.npy", "sub/c.npy", "sub/deep/d.npy"]
+    np.testing.assert_allclose(np.load(tmp_path / "all/sub/deep/d.npy"),
+                               embed(tmp_path / "rec/sub/deep/d.ogg", model=tiny_model_dir), atol=1e-6)
+
+
+def test_folder_without_top_level_audio_hints_recursive(tiny_model_dir, make_wav, tmp_path):
+    make_wav("rec/sub/c.wav", seconds=0.5)
+    res = cli("extract", tmp_path / "rec", "-o", tmp_path / "out", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 1
+    assert "no audio files" in res.stderr and "--recursive" in res.stderr
+
+
+def test_npz_with_windows(tiny_model_dir, make_wav, tmp_path):
+    paths = [make_wav("d/x.wav", seconds=3.0, seed=1), make_wav("d/y.wav", seconds=0.4, seed=2),
+             make_wav("d/z.wav", seconds=2.0, seed=3)]
+    out = tmp_path / "all.npz"
+    res = cli("extract", tmp_path / "d", "--format", "npz", "--windows", "--hop", "0.5",
+              "-o", out, "--model", tiny_model_dir, "-q", "--batch-size", "3")
+    assert res.exit_code == 0, res.output
+    z = np.load(out)  # loads without allow_pickle
+    assert sorted(z.files) == ["embeddings", "names", "offsets", "timestamps", "window_embeddings"]
+    assert z["names"].tolist() == [str(p) for p in paths]
+    assert z["embeddings"].shape == (3, 128)
+    assert_unit(z["embeddings"])
+    ref = embed(paths, model=tiny_model_dir, hop=0.5, windows=True)
+    np.testing.assert_allclose(z["embeddings"], ref.embedding, atol=1e-6)
+    off = z["offsets"]
+    assert off.tolist() == [0, *np.cumsum([len(t) for t in ref.timestamps]).tolist()]
+    assert z["window_embeddings"].shape == (off[-1], 128) and z["timestamps"].shape == (off[-1],)
+    for i in range(3):
+        np.testing.assert_allclose(z["window_embeddings"][off[i]:off[i + 1]], ref.window_embeddings[i],
+                                   atol=1e-6)
+        np.testing.assert_array_equal(z["timestamps"][off[i]:off[i + 1]], ref.timestamps[i])
+
+
+def test_npz_is_inferred_from_the_output_name(tiny_model_dir, make_wav, tmp_path):
+    make_wav("d/x.wav", seconds=0.5)
+    res = cli("extract", tmp_path / "d", "-o", tmp_path / "e.npz", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape == (1, 128)
+
+
+def test_npy_windows_layout_in_a_folder(tiny_model_dir, make_wav, tmp_path):
+    make_wav("d/x.wav", seconds=3.0)
+    res = cli("extract", tmp_path / "d", "--windows", "-o", tmp_path / "out", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 0, res.output
+    w = np.load(tmp_path / "out/x.windows.npy")
+    t = np.load(tmp_path / "out/x.timestamps.npy")
+    seg = np.load(tmp_path / "out/x.npy")
+    assert w.shape == (3, 128) and t.shape == (3,)
+    np.testing.assert_allclose(t, [0.475, 1.435, 2.395])
+    mean = w.astype(np.float64).mean(0)
+    np.testing.assert_allclose(seg, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_quoted_glob_mirrors_below_its_fixed_prefix(tiny_model_dir, make_wav, tmp_path):
+    for name in ["data/a/x1.wav", "data/b/x2.wav", "data/b/y.wav", "data/a/x3.txt"]:
+        make_wav(name, seconds=0.5) if name.endswith(".wav") else (tmp_path / name).write_text("x")
+    pattern = str(tmp_path / "data" / "*" / "x*")
+    res = cli("extract", pattern, "-o", tmp_path / "out", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.npy")) \
+        == ["a/x1.npy", "b/x2.npy"]
+    missing = cli("extract", str(tmp_path / "nothing*.wav"), "-o", tmp_path / "o2", "--model", tiny_model_dir)
+    assert missing.exit_code == 1 and "no audio files match" in missing.stderr
+
+
+def test_overwrite(tiny_model_dir, make_wav, tmp_path):
+    make_wav("d/a.wav", seconds=0.5, seed=1)
+    make_wav("d/b.wav", seconds=0.5, seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "a.npy", np.zeros(3))
+    res = cli("extract", tmp_path / "d", "-o", out, "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 1
+    assert f"{out / 'a.npy'}: exists; pass --overwrite" in res.stderr
+    assert np.load(out / "a.npy").tolist() == [0, 0, 0]  # untouched
+    assert np.load(out / "b.npy").shape == (128,)  # the other input is still written
+
+    res = cli("extract", tmp_path / "d", "-o", out, "--model", tiny_model_dir, "-q", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert np.load(out / "a.npy").shape == (128,)
+
+    np.savez(tmp_path / "e.npz", names=np.array(["old"]))
+    res = cli("extract", tmp_path / "d", "-o", tmp_path / "e.npz", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 1 and "e.npz: exists" in res.stderr
+    assert np.load(tmp_path / "e.npz")["names"].tolist() == ["old"]
+
+
+def test_exit_codes(tiny_model_dir, make_wav, tmp_path):
+    good = make_wav("good.wav", seconds=0.5)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"")
+    model = ["--model", tiny_model_dir, "-q"]
+    assert cli("extract", good, "-o", tmp_path / "g.npy", *model).exit_code == 0
+    some = cli("extract", good, bad, "-o", tmp_path / "o", *model)
+    assert some.exit_code == 1 and (tmp_path / "o/good.npy").exists()
+    usage = [
+        ["extract", good, "-o", tmp_path / "u1.npy", "--batch-size", "0", *model],
+        ["extract", good, "-o", tmp_path / "u2.npy", "--hop", "abc", *model],
+        ["extract", good, "-o", tmp_path / "u3.npy", "--hop", "0.001", *model],
+        ["extract", good, "-o", tmp_path / "u4.npy", "--format", "wav", *model],
+        ["extract", good, *model],  # no -o
+        ["extract", "-o", tmp_path / "u5.npy", *model],  # no input
+        ["extract", good, good.with_name("x.wav"), "-o", tmp_path / "u6.npy", *model],
+        ["extract", good, "-o", tmp_path / "u7.npy", "--model", tmp_path / "no_such_model"],
+        ["extract", good, "-o", tmp_path / "u8.npy", "--model", tiny_model_dir, "--device", "nonsense"],
+        ["extract", good, "-o", tmp_path / "u9.npy", "--format", "npz", *model],
+        ["bogus-command"],
+    ]
+    make_wav("x.wav", seconds=0.5)
+    for args in usage:
+        res = cli(*args)
+        assert res.exit_code == 2, (args, res.output)
+    assert not list(tmp_path.glob("u*.npy"))
+
+
+def test_several_files_into_one_npy_is_a_usage_error(tiny_model_dir, make_wav, tmp_path):
+    make_wav("d/a.wav", seconds=0.5)
+    make_wav("d/b.wav", seconds=0.5)
+    with pytest.raises(extract.UsageError, match="holds one embedding"):
+        extract.run([tmp_path / "d"], tmp_path / "e.npy", model=tiny_model_dir)
+
+
+def test_run_report_counts(tiny_model_dir, make_wav, tmp_path):
+    a = make_wav("a.wav", seconds=0.5)
+    (tmp_path / "bad.wav").write_text("text")
+    report = extract.run([a, tmp_path / "bad.wav", tmp_path / "gone.wav", a], tmp_path / "out",
+                         model=tiny_model_dir)
+    assert (report.total, report.succeeded, report.failed, report.exit_code) == (2, 1, 2, 1)
+    assert report.outputs == [tmp_path / "out/a.npy"]
+    assert any("gone.wav: no such file" in f for f in report.failures)
+
+
+def test_colliding_outputs_fail_the_later_input(tiny_model_dir, make_wav, tmp_path):
+    make_wav("d/a.wav", seconds=0.5)
+    make_wav("d/a.flac", seconds=0.5)
+    report = extract.run([tmp_path / "d"], tmp_path / "out", model=tiny_model_dir)
+    assert report.succeeded == 1 and report.failed == 1
+    assert "d/a.wav: its output" in report.failures[0] and "a.flac" in report.failures[0]
+
+
+def test_progress_bar_and_quiet(tiny_model_dir, make_wav, tmp_path):
+    wav = make_wav("a.wav", seconds=0.5)
+    loud = cli("extract", wav, "-o", tmp_path / "1.npy", "--model", tiny_model_dir)
+    assert loud.exit_code == 0
+    assert "100%" in loud.stderr and "1/1" in loud.stderr and "embedded 1 file" in loud.stderr
+    assert loud.stdout == ""
+    quiet = cli("extract", wav, "-o", tmp_path / "2.npy", "--model", tiny_model_dir, "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "e.npy"
+    np.save(target, np.arange(3))
+
+    def crash(f):
+        f.write(b"\x93NUMPY partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        extract.atomic_write(target, crash)
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npy"]
+
+
+def test_info(tiny_model_dir):
+    res = cli("info", "--model", tiny_model_dir)
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    from audioembed.model_folder import sha256_file
+    assert info["sha256"] == sha256_file(Path(tiny_model_dir) / "model.safetensors")
+    assert info["config"]["layers"] == [1, 1, 1, 1]
+    assert info["frontend"] == json.loads(json.dumps(frontend.config()))
+
+
+def test_info_default_model_without_weights():
+    from audioembed.registry import DEFAULT_MODEL, get
+    if get(DEFAULT_MODEL).sha256 is not None:
+        pytest.skip("the default model's weights are released")
+    res = cli("info")
+    assert res.exit_code == 1
+    info = json.loads(res.stdout)
+    assert info["model"] == DEFAULT_MODEL and info["weights"] == "missing or unloadable"
+    assert info["registry"]["license"] and info["frontend"]["n_mels"] == frontend.N_MELS
+    assert "not released" in res.stderr
+    assert cli("info", "--model", "no-such-model").exit_code == 2
+
+
+def test_python_dash_m(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "audioembed", "extract", "--help"], capture_output=True,
+                         text=True, cwd=Path(__file__).parents[1], timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "Usage: audioembed extract" in res.stdout and "--windows" in res.stdout
