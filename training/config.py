@@ -110,7 +110,8 @@ def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
     _check_keys("data", data, {"cache"})
     if "cache" not in data:
         raise ConfigError("[data] cache: the feature cache folder is required")
-    cache = Path(data["cache"])
+    # "~" and $VARS let a recipe in the repo point at a cache kept outside it.
+    cache = Path(os.path.expandvars(os.path.expanduser(str(data["cache"]))))
     cache = str(cache if cache.is_absolute() else (Path(base_dir) / cache).resolve())
     try:
         model = ModelConfig.from_dict(d.get("model", {}))
