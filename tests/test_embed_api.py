@@ -1,0 +1,155 @@
+"""``embed()``: shapes, order, per-window output, pooling, batch invariance, input kinds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioembed import Embeddings, ModelNotAvailableError, embed, frontend
+from audioembed.model_folder import save_model_folder
+from helpers_hub import tiny_model
+
+SR = 16_000
+LENGTHS_S = (0.3, 0.96, 1.5, 3.7, 10.0, 2.0)  # 1, 1, 2, 4, 10, 2 windows
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(3)
+
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    """Noise with a seed-dependent tone, so clips differ in more than their noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * SR))) / SR
+    return (0.05 * rng.standard_normal(len(t)) + 0.3 * np.sin(2 * np.pi * (200 + 300 * seed) * t)
+            ).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [clip(s, i) for i, s in enumerate(LENGTHS_S)]
+
+
+def test_one_input_gives_a_unit_float32_vector(model, clips):
+    e = embed(clips[2], sr=SR, model=model)
+    assert e.shape == (128,) and e.dtype == np.float32
+    assert np.linalg.norm(e) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_list_gives_row_i_for_input_i(model, clips):
+    E = embed(clips, sr=SR, model=model)
+    assert E.shape == (len(clips), 128) and E.dtype == np.float32
+    singles = np.stack([embed(c, sr=SR, model=model) for c in clips])
+    np.testing.assert_allclose(E, singles, rtol=0, atol=1e-5)
+    perm = [3, 0, 5, 1, 4, 2]
+    P = embed([clips[i] for i in perm], sr=SR, model=model)
+    np.testing.assert_allclose(P, E[perm], rtol=0, atol=1e-5)
+    # Different inputs, different rows: a mix-up would not go unnoticed.
+    assert np.abs(E[:, None] - E[None]).sum(-1)[~np.eye(len(clips), dtype=bool)].min() > 1e-2
+
+
+def test_a_one_element_list_is_still_a_list(model, clips):
+    assert embed([clips[0]], sr=SR, model=model).shape == (1, 128)
+    with pytest.raises(ValueError, match="empty"):
+        embed([], sr=SR, model=model)
+
+
+def test_windows_true_gives_window_embeddings_and_timestamps(model, clips):
+    r = embed(clips[4], sr=SR, model=model, windows=True)  # 10 s
+    assert isinstance(r, Embeddings)
+    assert r.window_embeddings.shape == (10, 128) and r.window_embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(r.window_embeddings, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(r.timestamps, [(15360 * k + 7600) / SR for k in range(10)])
+    # Window k's embedding is the network applied to the frontend's window k.
+    wins, _ = frontend.log_mel_windows(torch.from_numpy(clips[4]))
+    with torch.inference_mode():
+        direct = model(wins).numpy()
+    np.testing.assert_allclose(r.window_embeddings, direct, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(r.embedding, embed(clips[4], sr=SR, model=model))
+
+
+def test_segment_embedding_is_the_normalised_window_mean(model, clips):
+    for c in clips:
+        r = embed(c, sr=SR, model=model, windows=True)
+        mean = r.window_embeddings.astype(np.float64).mean(0)
+        np.testing.assert_allclose(r.embedding, mean / np.linalg.norm(mean), rtol=0, atol=1e-6)
+
+
+def test_windows_true_for_a_list(model, clips):
+    r = embed(clips, sr=SR, model=model, windows=True)
+    assert r.embedding.shape == (len(clips), 128)
+    assert [w.shape[0] for w in r.window_embeddings] == [1, 1, 2, 4, 10, 2]
+    assert [len(t) for t in r.timestamps] == [1, 1, 2, 4, 10, 2]
+    for i, c in enumerate(clips):
+        one = embed(c, sr=SR, model=model, windows=True)
+        np.testing.assert_allclose(r.window_embeddings[i], one.window_embeddings, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(r.timestamps[i], one.timestamps)
+
+
+def test_hop_option_reaches_the_frontend(model, clips):
+    r = embed(clips[2], sr=SR, model=model, windows=True, hop=0.48)  # 1.5 s: starts 0, 48, 96
+    np.testing.assert_array_equal(r.timestamps, [0.475, 0.955, 1.435])
+
+
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_batch_size_does_not_change_results(model, clips, batch_size):
+    ref = embed(clips, sr=SR, model=model, windows=True, batch_size=1)
+    got = embed(clips, sr=SR, model=model, windows=True, batch_size=batch_size)
+    np.testing.assert_allclose(got.embedding, ref.embedding, rtol=0, atol=1e-5)
+    for a, b in zip(got.window_embeddings, ref.window_embeddings):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_torch_and_numpy_inputs_agree(model, clips):
+    x = clips[3]
+    ref = embed(x, sr=SR, model=model)
+    np.testing.assert_array_equal(embed(torch.from_numpy(x), sr=SR, model=model), ref)
+    np.testing.assert_allclose(embed(x.astype(np.float64), sr=SR, model=model), ref, atol=1e-6)
+    np.testing.assert_allclose(embed(torch.from_numpy(x).double(), sr=SR, model=model), ref, atol=1e-6)
+    pcm = np.round(x * 32768).clip(-32768, 32767).astype(np.int16)
+    np.testing.assert_allclose(embed(pcm, sr=SR, model=model),
+                               embed(pcm.astype(np.float32) / 32768, sr=SR, model=model), atol=1e-6)
+
+
+def test_stereo_is_the_embedding_of_the_channel_mean(model, clips):
+    left, right = clips[3], clip(3.7, 11)
+    stereo = np.stack([left, right])  # (2, n)
+    mono = ((left.astype(np.float64) + right) / 2).astype(np.float32)
+    ref = embed(mono, sr=SR, model=model, windows=True)
+    for x in (stereo, torch.from_numpy(stereo)):
+        got = embed(x, sr=SR, model=model, windows=True)
+        np.testing.assert_allclose(got.window_embeddings, ref.window_embeddings, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.embedding, ref.embedding, rtol=0, atol=1e-6)
+    assert not np.allclose(embed(left, sr=SR, model=model), ref.embedding, atol=1e-3)
+
+
+def test_stereo_file_is_read_as_the_channel_mean(model, clips, tmp_path):
+    stereo = np.stack([clips[2], clip(1.5, 12)])
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo.T, SR, subtype="FLOAT")
+    mono = stereo.astype(np.float64).mean(0).astype(np.float32)
+    np.testing.assert_allclose(embed(path, model=model), embed(mono, sr=SR, model=model), atol=1e-6)
+    np.testing.assert_allclose(embed(str(path), model=model), embed(path, model=model), atol=0)
+
+
+def test_other_sample_rates_are_resampled(model):
+    x8 = clip(2.0, 4)[::2].copy()  # 2 s at 8 kHz
+    r = embed(x8, sr=8000, model=model, windows=True)
+    assert r.window_embeddings.shape == (2, 128)
+    np.testing.assert_array_equal(r.timestamps, [0.475, 1.435])
+
+
+def test_model_folder_path_and_instance_agree(model, clips, tmp_path):
+    folder = save_model_folder(model, tmp_path / "m")
+    by_path = embed(clips[:3], sr=SR, model=folder)
+    by_str = embed(clips[:3], sr=SR, model=str(folder))
+    np.testing.assert_array_equal(by_path, by_str)
+    # The folder holds fp16 weights: equal to the fp32 instance within fp16 tolerance.
+    np.testing.assert_allclose(by_path, embed(clips[:3], sr=SR, model=model), atol=5e-3)
+
+
+def test_default_model_is_not_available_yet(clips):
+    with pytest.raises(ModelNotAvailableError, match="model folder"):
+        embed(clips[0], sr=SR)
