@@ -17,6 +17,9 @@ def _register() -> None:
     from training.commands import cache, export, train
     for command in (cache, train, export):
         main.add_command(command)
+    from training.evaluation.cli import evaluate, evaluate_report
+    main.add_command(evaluate)
+    main.add_command(evaluate_report)
 
 
 _register()

@@ -1,0 +1,163 @@
+"""Evaluation metrics on synthetic embeddings with known answers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.evaluation import classifiers as clf
+from training.evaluation.metrics import classifier_scores, pair_ap, qbe_map, segment_means, unit_rows
+from training.evaluation.report import markdown_table, recovery
+
+
+def _clusters(n_classes=4, per_class=30, dim=16, spread=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    # Every dimension carries class information: after standardisation a pure-noise dimension
+    # would weigh as much as a signal one, and a tiny training set could fit the noise.
+    centres = 3 * rng.standard_normal((n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), per_class)
+    emb = centres[labels] + spread * rng.standard_normal((len(labels), dim))
+    return emb.astype(np.float32), np.eye(n_classes, dtype=bool)[labels]
+
+
+def test_qbe_perfectly_separated_classes_give_map_one():
+    emb, y = _clusters(spread=0.1)
+    res = qbe_map(emb, y)
+    assert res["map"] == pytest.approx(1.0)
+    assert res["n_classes"] == 4 and len(res["per_draw"]) == 5
+
+
+def test_qbe_random_embeddings_are_at_chance():
+    rng = np.random.default_rng(1)
+    y = np.eye(10, dtype=bool)[rng.integers(0, 10, 1500)]
+    res = qbe_map(rng.standard_normal((1500, 64)), y)
+    # 100 present and 100 absent: 4950 target pairs against 10000 non-target pairs.
+    assert res["chance"] == pytest.approx(4950 / 14950)
+    assert abs(res["map"] - res["chance"]) < 0.03
+
+
+def test_qbe_hand_checked_toy_case():
+    # Four unit vectors at angles 0, 30, 100 and 220 degrees. Pairwise angles:
+    # (0,1)=30 (1,2)=70 (0,2)=100 (2,3)=120 (0,3)=140 (1,3)=170, which is the ranking by
+    # cosine similarity (most similar first). Every class has no more absent than present
+    # segments, so each draw takes all of them and the result is deterministic.
+    deg = np.radians([0, 30, 100, 220])
+    emb = np.stack([np.cos(deg), np.sin(deg)], axis=1)
+    y = np.array([[1, 0, 1],   # segment 0: A, C
+                  [1, 1, 0],   # segment 1: A, B
+                  [1, 1, 0],   # segment 2: A, B
+                  [0, 1, 1]],  # segment 3: B, C
+                 dtype=bool)
+    res = qbe_map(emb, y, ["A", "B", "C"])
+    # A: present {0,1,2}, absent {3}. Ranking T(0,1) T(1,2) T(0,2) N N N -> AP 1.
+    # B: present {1,2,3}, absent {0}. Ranking N(0,1) T(1,2) N(0,2) T(2,3) N(0,3) T(1,3)
+    #    -> AP = (1/2 + 2/4 + 3/6) / 3 = 0.5.
+    # C: present {0,3}, absent {1,2}. Ranking N(0,1) N(0,2) N(2,3) T(0,3) N(1,3) -> AP = 1/4.
+    assert res["per_class"] == pytest.approx({"A": 1.0, "B": 0.5, "C": 0.25})
+    assert res["map"] == pytest.approx((1 + 0.5 + 0.25) / 3)
+    # Chance: A 3/6, B 3/6, C 1/5.
+    assert res["chance"] == pytest.approx((0.5 + 0.5 + 0.2) / 3)
+    assert res["sd"] == pytest.approx(0.0)
+
+
+def test_pair_ap_ranks_by_cosine_not_euclidean():
+    # Segment 1 is far from 0 in Euclidean terms but at the same angle: a perfect target.
+    emb = np.array([[1.0, 0.0], [50.0, 0.0], [0.0, 1.0]])
+    ap, chance = pair_ap(unit_rows(emb), np.array([0, 1]), np.array([2]))
+    assert ap == 1.0 and chance == pytest.approx(1 / 3)
+
+
+def test_qbe_skips_classes_without_a_target_pair():
+    emb, y = _clusters(n_classes=3, per_class=5)
+    y = np.concatenate([y, np.eye(3, dtype=bool)[[0]]])  # a lone segment of class 0...
+    y = np.concatenate([y, np.zeros((len(y), 1), bool)], axis=1)
+    y[-1] = [False, False, False, True]  # ...relabelled as a class of one
+    emb = np.concatenate([emb, emb[:1]])
+    assert qbe_map(emb, y)["n_classes"] == 3
+
+
+def test_segment_means_averages_each_segments_windows():
+    emb = np.array([[1, 1], [3, 3], [5, 0], [0, 2], [0, 4]], np.float32)
+    seg = np.array([0, 0, 1, 2, 2])
+    np.testing.assert_allclose(segment_means(emb, seg, 3), [[2, 2], [5, 0], [0, 3]])
+
+
+def test_classifier_scores_map_and_accuracy():
+    y = np.eye(3, dtype=bool)[[0, 1, 2, 2]]
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.1, 0.3]])
+    res = classifier_scores(y, scores)
+    # Class 2: positives score 0.7 and 0.3, negatives 0.0 and 0.1 -> AP 1. Classes 0, 1: AP 1.
+    assert res["map"] == pytest.approx(1.0)
+    assert res["accuracy"] == pytest.approx(3 / 4)  # segment 3 is argmax 0
+
+
+def _window_data(emb, y, windows_per_segment=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(emb, windows_per_segment, axis=0)
+    x = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    seg = np.repeat(np.arange(len(y)), windows_per_segment)
+    return clf.WindowData(torch.from_numpy(x.astype(np.float32)), seg, y, np.arange(len(y)))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_classifier_on_separated_classes_is_near_perfect(layers):
+    emb, y = _clusters(n_classes=3, per_class=20, spread=0.3)
+    data = _window_data(emb, y)
+    splits, kind = clf.outer_folds(y, None, None, seed=0)
+    assert len(splits) == 5 and "5-fold" in kind
+    cfg = clf.MLPConfig(hidden_layers=layers, hidden_units=32, epochs=30, batch_size=16, patience=5)
+    res = clf.cross_validate(data, splits, cfg)
+    assert res["map"] > 0.99 and res["accuracy"] > 0.99
+
+
+def test_outer_folds_are_group_aware_and_use_official_folds():
+    y = np.eye(2, dtype=bool)[np.tile([0, 1], 20)]
+    groups = [f"g{i // 4}" for i in range(40)]
+    splits, _ = clf.outer_folds(y, None, groups, seed=3)
+    g = np.asarray(groups)
+    for train, test in splits:
+        assert not set(g[train]) & set(g[test])
+    folds = [str(1 + i % 4) for i in range(40)]
+    splits, kind = clf.outer_folds(y, folds, groups, seed=0)
+    assert kind == "official folds" and len(splits) == 4
+    assert all(set(np.asarray(folds)[test]) == {str(k)} for k, (_, test) in enumerate(splits, 1))
+
+
+def test_light_split_takes_up_to_20_per_class_and_half_of_small_classes():
+    y = np.eye(3, dtype=bool)[np.repeat([0, 1, 2], [50, 30, 9])]
+    train, test = clf.light_split(y, 20, np.random.default_rng(0))
+    counts = y[train].sum(axis=0)
+    assert counts.tolist() == [20, 15, 4]
+    assert len(set(train) | set(test)) == len(y) and not set(train) & set(test)
+
+
+def test_light_supervision_on_separated_classes():
+    emb, y = _clusters(n_classes=3, per_class=30, spread=0.3)
+    data = _window_data(emb, y)
+    cfg = clf.MLPConfig(hidden_units=32, epochs=20, batch_size=8, val_fraction=0.0)
+    res = clf.light_supervision(data, cfg, per_class=5, trials=3)
+    assert res["map"] > 0.99 and len(res["trials"]) == 3
+    assert all(t["n_train"] == 15 for t in res["trials"])
+
+
+def test_recovery_and_markdown_table():
+    assert recovery(0.5, 0.4, 0.8) == pytest.approx(0.25)
+    assert recovery(0.5, 0.4, None) is None and recovery(0.5, 0.4, 0.4) is None
+
+    def result(name, qbe, c1, c2):
+        return {"model": {"name": name, "sha256": None if name == "logmel" else "ab" * 32},
+                "dataset": {"name": "toy"}, "embedding_dim": 128,
+                "qbe": {"map": qbe, "chance": 0.331},
+                "classifier": {"1": {"map": c1, "map_sd": 0.01, "accuracy": c1},
+                               "2": {"map": c2, "map_sd": 0.02, "accuracy": c2}}}
+
+    base, model, top = result("logmel", 0.4, 0.5, 0.6), result("m", 0.5, 0.7, 0.7), result("t", 0.8, 0.9, 0.8)
+    table = markdown_table([base, model], toplines=[top])
+    lines = table.strip().splitlines()
+    assert len(lines) == 5
+    assert "log-mel (baseline)" in lines[2] and "| 0% |" in lines[2]
+    assert "| 25% |" in lines[3] and "50% / 50%" in lines[3]  # QbE (.5-.4)/(.8-.4); clf (.7-.5)/(.9-.5)
+    assert "(topline)" in lines[4] and "| 100% |" in lines[4]
+    no_top = markdown_table([base, model]).strip().splitlines()
+    assert no_top[3].split(" | ")[4] == "–"
+    assert not math.isnan(recovery(1.0, 0.0, 2.0))

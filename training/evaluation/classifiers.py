@@ -1,0 +1,271 @@
+"""Shallow classifiers on window embeddings (paper section 4.4) and their fold splits.
+
+An MLP with 1 or 2 hidden layers of 512 ReLU units and one independent sigmoid output per
+class is trained on *window* embeddings, each carrying its segment's labels (Adam, binary
+cross-entropy). A segment's score is the mean of its windows' sigmoid outputs.
+
+Inputs are standardised with the training fold's window mean and standard deviation; the
+affine map is a fixed first layer, so no standardised copy of the data is made (a 6144-d
+log-mel fold would be hundreds of MB).
+
+Stopping: with ``val_fraction > 0`` the training segments are split again, group-aware and
+stratified, and the weights of the epoch with the lowest validation loss are kept (stop after
+``patience`` epochs without improvement, at most ``epochs``). Light supervision has too few
+labels to spare, so it trains for a fixed number of epochs (``val_fraction = 0``).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+
+HIDDEN_UNITS = 512
+N_SPLITS = 5
+
+
+@dataclass
+class MLPConfig:
+    hidden_layers: int = 1
+    hidden_units: int = HIDDEN_UNITS
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    patience: int = 5
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Standardize(torch.nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.inv_std
+
+
+def build_mlp(x_train: torch.Tensor, n_classes: int, config: MLPConfig) -> torch.nn.Sequential:
+    """Standardisation fitted on ``x_train``, then the hidden layers and a linear output."""
+    mean = x_train.mean(dim=0)
+    # Constant dimensions (e.g. always-padded log-mel frames) would divide by zero.
+    std = x_train.std(dim=0).clamp_min(1e-5)
+    layers: list[torch.nn.Module] = [Standardize(mean, std)]
+    width = x_train.shape[1]
+    for _ in range(config.hidden_layers):
+        layers += [torch.nn.Linear(width, config.hidden_units), torch.nn.ReLU()]
+        width = config.hidden_units
+    layers.append(torch.nn.Linear(width, n_classes))
+    return torch.nn.Sequential(*layers)
+
+
+def _mean_loss(model, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            logits = model(x[i:i + batch])
+            total += torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y[i:i + batch], reduction="sum").item()
+    return total / (len(x) * y.shape[1])
+
+
+def train_mlp(x: torch.Tensor, y: torch.Tensor, config: MLPConfig,
+              val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train on windows ``x`` (float32) with targets ``y`` (float32 multi-hot); returns the model
+    (eval mode) and a log with the epochs run and the best validation loss."""
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = build_mlp(x, y.shape[1], config)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best, best_state, best_epoch, stale = math.inf, None, 0, 0
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), config.batch_size):
+            idx = order[i:i + config.batch_size]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if val is None:
+            continue
+        model.eval()
+        vloss = _mean_loss(model, *val)
+        if vloss < best:
+            best, best_epoch, stale = vloss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, {"epochs_run": epoch, "best_epoch": best_epoch or epoch,
+                   "val_loss": None if val is None else best}
+
+
+def predict_segments(model: torch.nn.Module, x: torch.Tensor, seg: np.ndarray, segments: np.ndarray,
+                     batch: int = 4096) -> np.ndarray:
+    """Segment scores: the mean sigmoid output over each of ``segments``' windows.
+
+    ``x`` holds the windows of exactly ``segments`` (in order), ``seg`` their segment ids.
+    """
+    probs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            probs.append(torch.sigmoid(model(x[i:i + batch])).numpy())
+    probs = np.concatenate(probs).astype(np.float64)
+    pos = np.searchsorted(segments, seg)
+    sums = np.zeros((len(segments), probs.shape[1]))
+    np.add.at(sums, pos, probs)
+    counts = np.bincount(pos, minlength=len(segments))
+    return sums / counts[:, None]
+
+
+def stratify_key(y: np.ndarray) -> np.ndarray:
+    """One class per segment for stratification: its rarest label (works for multi-label)."""
+    freq = y.sum(axis=0)
+    return np.where(y, freq[None, :], np.iinfo(np.int64).max).argmin(axis=1)
+
+
+def group_kfold(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, group-aware folds (sklearn ``StratifiedGroupKFold``, shuffled with ``seed``);
+    fewer folds when there are fewer groups than ``n_splits``."""
+    n_groups = len(np.unique(groups))
+    key = stratify_key(y)
+    largest = int(np.bincount(key).max())
+    # sklearn refuses more folds than the largest class has members.
+    n_splits = min(n_splits, n_groups, largest)
+    if n_splits < 2:
+        raise ValueError(f"cannot split {len(y)} segments in {n_groups} groups (largest class "
+                         f"{largest}) into 2 or more stratified folds")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Small classes (fewer members than folds) are expected here; the split is still valid.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(splitter.split(np.zeros(len(y)), key, groups))
+
+
+def outer_folds(y: np.ndarray, folds: list[str] | None, groups: list[str] | None, seed: int
+                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """The dataset's own folds (each held out once), else a stratified group-aware 5-fold split."""
+    if folds is not None:
+        f = np.asarray(folds)
+        names = sorted(set(folds), key=lambda s: (len(s), s))
+        return [(np.flatnonzero(f != n), np.flatnonzero(f == n)) for n in names], "official folds"
+    g = np.asarray(groups) if groups is not None else np.arange(len(y))
+    splits = group_kfold(y, g, N_SPLITS, seed)
+    kind = "group-aware " if groups is not None else ""
+    return splits, f"stratified {kind}{len(splits)}-fold (StratifiedGroupKFold, seed {seed})"
+
+
+@dataclass
+class WindowData:
+    """Window embeddings with segment ids (non-decreasing), and the segment label matrix."""
+
+    x: torch.Tensor  # (n_windows, D) float32
+    seg: np.ndarray  # (n_windows,) int
+    y: np.ndarray  # (n_segments, n_classes) bool
+    groups: np.ndarray  # (n_segments,)
+
+    def windows_of(self, segments: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        mask = np.zeros(len(self.y), bool)
+        mask[segments] = True
+        idx = np.flatnonzero(mask[self.seg])
+        return self.x[torch.from_numpy(idx)], self.seg[idx]
+
+    def targets(self, seg: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.y[seg].astype(np.float32))
+
+
+def fit_and_score(data: WindowData, train: np.ndarray, test: np.ndarray, config: MLPConfig
+                  ) -> tuple[np.ndarray, dict]:
+    """Train on segments ``train`` (optionally with an inner validation split), score ``test``."""
+    from training.evaluation.metrics import classifier_scores
+
+    fit, val, stopping = train, None, "fixed epochs"
+    if config.val_fraction > 0:
+        n_inner = max(2, round(1 / config.val_fraction))
+        try:
+            inner_fit, inner_val = group_kfold(data.y[train], data.groups[train], n_inner, config.seed)[0]
+        except ValueError as exc:
+            # Too few training segments or groups to hold some out: train for the full epochs,
+            # and say so in the fold's log.
+            stopping = f"fixed epochs (no validation split: {exc})"
+        else:
+            fit, val_seg = train[inner_fit], train[inner_val]
+            xv, sv = data.windows_of(val_seg)
+            val = (xv, data.targets(sv))
+            stopping = "early stopping"
+    xf, sf = data.windows_of(fit)
+    model, log = train_mlp(xf, data.targets(sf), config, val)
+    xt, st = data.windows_of(test)
+    test = np.sort(test)
+    scores = predict_segments(model, xt, st, test)
+    result = classifier_scores(data.y[test], scores)
+    return scores, {**result, **log, "stopping": stopping, "n_train": len(fit), "n_test": len(test)}
+
+
+def _summarise(per_fold: list[dict]) -> dict:
+    out = {"folds": per_fold}
+    for key in ("map", "accuracy"):
+        vals = [f[key] for f in per_fold if key in f]
+        if vals:
+            out[key] = float(np.mean(vals))
+            out[f"{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
+def cross_validate(data: WindowData, splits: list[tuple[np.ndarray, np.ndarray]], config: MLPConfig,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
+    """Per-fold classifier mAP (and accuracy); the summary is the mean and sd over folds."""
+    per_fold = []
+    for k, (train, test) in enumerate(splits, 1):
+        t0 = time.perf_counter()
+        _, res = fit_and_score(data, train, test, config)
+        per_fold.append(res)
+        acc = f", accuracy {res['accuracy']:.3f}" if "accuracy" in res else ""
+        log(f"classifier {config.hidden_layers}-layer fold {k}/{len(splits)}: mAP {res['map']:.3f}"
+            f"{acc} ({res['epochs_run']} epochs, {time.perf_counter() - t0:.1f} s)")
+    return _summarise(per_fold)
+
+
+def light_split(y: np.ndarray, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_class`` training segments per class (at most half of the class, so every class
+    keeps test segments); every other segment is test. Multi-label picks are pooled."""
+    chosen = np.zeros(len(y), bool)
+    for c in range(y.shape[1]):
+        pos = np.flatnonzero(y[:, c])
+        k = min(per_class, len(pos) // 2)
+        chosen[rng.choice(pos, size=k, replace=False)] = True
+    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
+
+
+def light_supervision(data: WindowData, config: MLPConfig, per_class: int = 20, trials: int = 3,
+                      seed: int = 0, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Table 3: train on ``per_class`` labeled segments per class, test on the rest; mean and sd
+    of the mAP over ``trials`` seeded draws."""
+    rng = np.random.default_rng(seed)
+    per_trial = []
+    for t in range(trials):
+        train, test = light_split(data.y, per_class, rng)
+        cfg = MLPConfig(**{**config.to_dict(), "seed": config.seed + t})
+        _, res = fit_and_score(data, train, test, cfg)
+        per_trial.append(res)
+        log(f"light supervision {config.hidden_layers}-layer trial {t + 1}/{trials}: mAP {res['map']:.3f}")
+    maps = [r["map"] for r in per_trial]
+    return {"map": float(np.mean(maps)), "map_sd": float(np.std(maps, ddof=1)) if trials > 1 else 0.0,
+            "trials": per_trial, "per_class": per_class}

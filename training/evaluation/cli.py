@@ -1,0 +1,107 @@
+"""``python -m training evaluate`` and ``python -m training evaluate-report``."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+DATASET_HELP = ("fsdd, fsdd-speaker, debian-sfx, esc50 (with --data-root), an ESC-50 folder, an "
+                "AudioSet segments CSV (audio named YTID_START.wav, YTID_START.flac or YTID.wav "
+                "under --data-root), or a manifest CSV path,labels[,fold][,group] with "
+                "';'-separated multi-labels")
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    _log(f"wrote {path}")
+
+
+@click.command("evaluate")
+@click.option("--model", required=True,
+              help="A registry name, model folder, hf-hub:org/repo[@rev], or 'logmel' (the paper's "
+                   "baseline: flattened 64x96 log-mel windows).")
+@click.option("--dataset", required=True, help=DATASET_HELP)
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset's audio is (overrides the default location).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results JSON here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Write a Markdown table (paper Table 2 columns) here.")
+@click.option("--baseline-json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Results of --model logmel on this dataset, for the recovery columns.")
+@click.option("--topline-json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Results of a topline (e.g. supervised) model on this dataset, for recovery.")
+@click.option("--device", default=None, help="torch device for the model (default: CPU).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Windows per forward pass.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="~/.cache/audioembed/eval",
+              show_default=True, help="Where window embeddings are cached.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the embedding cache.")
+@click.option("--no-classifiers", is_flag=True, help="Only query-by-example retrieval (fast).")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Most classifier epochs (early stopping on an inner validation split).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
+             batch_size, cache_dir, no_cache, no_classifiers, epochs, seed):
+    """Evaluate MODEL on DATASET: QbE retrieval mAP, shallow-classifier mAP, light supervision.
+
+    Progress goes to stderr, the summary to stdout.
+    """
+    from training.evaluation.datasets import DatasetError, load_dataset
+    from training.evaluation.features import extract
+    from training.evaluation.report import ReportError, load_results, render
+    from training.evaluation.run import EvalSettings, evaluate_embeddings, summary_lines
+
+    t0 = time.perf_counter()
+    try:
+        baselines = [load_results(baseline_json)] if baseline_json else []
+        toplines = [load_results(topline_json)] if topline_json else []
+        ds = load_dataset(dataset, data_root)
+    except (DatasetError, ReportError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
+    try:
+        we = extract(ds, model, device=device, batch_size=batch_size,
+                     cache_dir=None if no_cache else cache_dir, log=_log)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"cannot embed {ds.name} with {model}: {exc}") from exc
+    t_embed = time.perf_counter() - t0
+    settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs)
+    results = evaluate_embeddings(ds, we, settings, log=_log)
+    results["timing"] = {"embedding_s": round(t_embed, 1), "embeddings_from_cache": we.from_cache,
+                         "total_s": round(time.perf_counter() - t0, 1)}
+    click.echo("\n".join(summary_lines(results)))
+    if out:
+        _write(out, json.dumps(results, indent=2) + "\n")
+    if markdown:
+        _write(markdown, render([results], baselines, toplines))
+
+
+@click.command("evaluate-report")
+@click.argument("results_json", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the Markdown here (default: stdout).")
+@click.option("--baseline-json", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Baseline results (default: the logmel results among RESULTS_JSON), per dataset.")
+@click.option("--topline-json", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Topline results, per dataset; shown as rows and used for recovery.")
+def evaluate_report(results_json, output, baseline_json, topline_json):
+    """Markdown table (paper Table 2 columns) from one or more `evaluate --out` results."""
+    from training.evaluation.report import ReportError, load_results, render
+
+    try:
+        text = render([load_results(p) for p in results_json],
+                      [load_results(p) for p in baseline_json], [load_results(p) for p in topline_json])
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output:
+        _write(output, text)
+    else:
+        sys.stdout.write(text)
