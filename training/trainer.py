@@ -139,9 +139,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def param_checksum(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer's bytes, in state-dict order."""
+    """sha256 over every parameter's bytes, in registration order.
+
+    Buffers are left out: under DDP each rank's BatchNorm running statistics follow its own
+    last batch until the next forward broadcasts rank 0's, which are the ones checkpointed.
+    """
     h = hashlib.sha256()
-    for k, v in distributed.unwrap(model).state_dict().items():
+    for k, v in distributed.unwrap(model).named_parameters():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
