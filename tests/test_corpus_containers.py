@@ -170,6 +170,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
     containers.copy_file_atomic(src, tmp_path / "d" / "g.bin")
     assert dest.read_bytes() == b"two"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin", "g.bin"]
+    assert dest.stat().st_mode & 0o644 == 0o644  # readable like any new file, not mkstemp's 0600
 
 
 # --------------------------------------------------------------------------- manifest resolution

@@ -25,6 +25,16 @@ ZIP, RCC, CAT = "zip", "rcc", "cat"
 _COPY_CHUNK = 1 << 20
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; the corpus should get the usual mode for new files.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 class ContainerError(Exception):
     """A container is malformed or uses a feature this module does not read."""
 
@@ -38,7 +48,9 @@ def _temp_beside(dest: Path) -> tuple[int, str]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # The temp file lives in the destination directory so the final rename never
     # crosses a filesystem and readers never see a half-written file.
-    return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.fchmod(fd, _FILE_MODE)
+    return fd, tmp
 
 
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
