@@ -185,6 +185,23 @@ class RunResult:
     checkpoint: Path | None
 
 
+def train_step(model, loss_fn, optimizer, batch: dict, device: torch.device, autocast=None):
+    """One optimisation step on a batch from :class:`StepBatches`; returns ``(loss, stats)``."""
+    x = batch["energies"].to(device, non_blocking=True)
+    b = x.shape[1]
+    # The model sees log-mel: the samplers worked on linear energies (section 3.2).
+    x = frontend.log_mel(x).reshape(3 * b, 1, frontend.WINDOW_FRAMES, frontend.N_MELS)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with autocast or nullcontext():
+        emb = model(x)
+    a, p, n = emb.float().split(b)
+    loss, stats = loss_fn(a, p, n, batch["candidates"].to(device, non_blocking=True))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, stats
+
+
 def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
     if config.threads > 0:
         return config.threads
@@ -267,18 +284,7 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         batches = batch_stream(dataset, step, config.steps, workers, pin=cuda)
         while step < config.steps:
             batch = next(batches)
-            x = batch["energies"].to(ctx.device, non_blocking=True)
-            b = x.shape[1]
-            # The model sees log-mel: the samplers worked on linear energies (section 3.2).
-            x = frontend.log_mel(x).reshape(3 * b, 1, frontend.WINDOW_FRAMES, frontend.N_MELS)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                emb = ddp_model(x)
-            a, p, n = emb.float().split(b)
-            loss, stats = loss_fn(a, p, n, batch["candidates"].to(ctx.device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast)
             step += 1
             triplets_seen += per_step
             steps_since += 1
