@@ -34,6 +34,9 @@ def test_single_file(tiny_model_dir, make_wav, tmp_path):
     assert_unit(e)
     np.testing.assert_allclose(e, embed(wav, model=tiny_model_dir), atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "emb.npy"]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private 0600
 
 
 def test_short_clip_gives_one_window(tiny_model_dir, make_wav, tmp_path):
@@ -210,18 +213,30 @@ def test_progress_bar_and_quiet(tiny_model_dir, make_wav, tmp_path):
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
 
 
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_atomic_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "e.npy"
     np.save(target, np.arange(3))
 
     def crash(f):
         f.write(b"\x93NUMPY partial")
+        f.flush()
+        assert np.load(target).tolist() == [0, 1, 2]  # readers still see the old file
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
         extract.atomic_write(target, crash)
     assert np.load(target).tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["e.npy"]
+
+    def write_new(f):
+        assert not (tmp_path / "new.npy").exists()  # appears only once complete
+        np.save(f, np.arange(4))
+
+    extract.atomic_write(tmp_path / "new.npy", write_new)
+    extract.atomic_write(target, lambda f: np.save(f, np.arange(5)))
+    assert np.load(tmp_path / "new.npy").tolist() == [0, 1, 2, 3]
+    assert np.load(target).tolist() == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "new.npy"]
 
 
 def test_info(tiny_model_dir):
