@@ -273,3 +273,18 @@ def test_resampled_input_keeps_its_frequency():
     b = fe.mel_energies(tone(1000.0))[10:-10].mean(0)
     assert int(a.argmax()) == int(b.argmax())
     torch.testing.assert_close(a, b, rtol=0.05, atol=1e-3 * float(b.max()))
+
+
+def test_frontend_leaves_the_thread_setting_alone():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fe.log_mel_windows(torch.randn(SR))
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError):
+            with fe.single_threaded():
+                assert torch.get_num_threads() == 1
+                raise KeyError("restored even on error")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
