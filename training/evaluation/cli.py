@@ -47,13 +47,30 @@ def _write(path: str, text: str) -> None:
 @click.option("--no-classifiers", is_flag=True, help="Only query-by-example retrieval (fast).")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
               help="Most classifier epochs (early stopping on an inner validation split).")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="CPU threads for torch and BLAS; 0 = their defaults (all cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-             batch_size, cache_dir, no_cache, no_classifiers, epochs, seed):
+             batch_size, cache_dir, no_cache, no_classifiers, epochs, threads, seed):
     """Evaluate MODEL on DATASET: QbE retrieval mAP, shallow-classifier mAP, light supervision.
 
     Progress goes to stderr, the summary to stdout.
     """
+    # One thread by default: the frontend's small FFTs, the QbE products and the MLP steps are
+    # too small to scale, and on a shared 2-core machine (load 9) two OpenMP threads made them
+    # 2.5x (MLP step) to 8x (log-mel features) slower than one.
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if threads:
+        torch.set_num_threads(threads)
+    with threadpool_limits(limits=threads or None):
+        _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
+                  batch_size, cache_dir, no_cache, no_classifiers, epochs, seed)
+
+
+def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
+              batch_size, cache_dir, no_cache, no_classifiers, epochs, seed):
     from training.evaluation.datasets import DatasetError, load_dataset
     from training.evaluation.features import extract
     from training.evaluation.report import ReportError, load_results, render

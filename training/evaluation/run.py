@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,7 +28,7 @@ class EvalSettings:
     qbe_draws: int = 5
     classifiers: bool = True
     epochs: int = 50
-    patience: int = 5
+    patience: int = 3
     val_fraction: float = 0.1
     batch_size: int = 256
     lr: float = 1e-3
@@ -36,7 +36,6 @@ class EvalSettings:
     light_trials: int = 3
     light_epochs: int = 30
     light_batch_size: int = 32
-    extra: dict = field(default_factory=dict)
 
     def mlp(self, layers: int) -> clf.MLPConfig:
         return clf.MLPConfig(hidden_layers=layers, epochs=self.epochs, batch_size=self.batch_size,
@@ -71,7 +70,7 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
                     "n_windows": int(len(we.emb))},
         "embedding_dim": int(we.emb.shape[1]),
         "qbe": qbe,
-        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"} | settings.extra,
+        "settings": asdict(settings),
         "environment": {"audioembed": audioembed_version, "torch": torch.__version__,
                         "python": platform.python_version(), "threads": torch.get_num_threads(),
                         "frontend": frontend.config()},
@@ -83,14 +82,16 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
                           we.seg.astype(np.int64), y, groups)
     splits, split_kind = clf.outer_folds(y, ds.folds, ds.groups, settings.seed)
     results["classifier"] = {"split": split_kind, "stopping": (
-        f"early stopping on a group-aware inner validation split ({settings.val_fraction:.0%} of the "
-        f"training segments), patience {settings.patience}, at most {settings.epochs} epochs")}
+        f"early stopping on a group-aware inner validation split (1 of {round(1 / settings.val_fraction)}"
+        f" folds of the training segments, fewer with fewer groups), patience {settings.patience}, "
+        f"at most {settings.epochs} epochs")}
     for layers in LAYERS:
         results["classifier"][str(layers)] = clf.cross_validate(data, splits, settings.mlp(layers), log)
-    results["light_supervision"] = {"stopping": f"fixed {settings.light_epochs} epochs"}
+    results["light_supervision"] = {"stopping": f"fixed {settings.light_epochs} epochs",
+                                    "test": "trial t tests on outer split t's test part"}
     for layers in LAYERS:
         results["light_supervision"][str(layers)] = clf.light_supervision(
-            data, settings.light_mlp(layers), settings.light_per_class, settings.light_trials,
+            data, splits, settings.light_mlp(layers), settings.light_per_class, settings.light_trials,
             settings.seed, log)
     return results
 
@@ -113,6 +114,7 @@ def summary_lines(results: dict) -> list[str]:
     for layers in LAYERS:
         s = results.get("light_supervision", {}).get(str(layers))
         if s:
-            lines.append(f"light sup. {layers}L  mAP {s['map']:.4f} ± {s['map_sd']:.4f}  "
+            acc = f"  accuracy {s['accuracy']:.4f} ± {s['accuracy_sd']:.4f}" if "accuracy" in s else ""
+            lines.append(f"light sup. {layers}L  mAP {s['map']:.4f} ± {s['map_sd']:.4f}{acc}  "
                          f"({s['per_class']} per class, {len(s['trials'])} trials)")
     return lines
