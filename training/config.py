@@ -31,6 +31,8 @@ Example (``training/recipes/tiny.toml`` is a complete one)::
     device = "auto"               # "auto", "cpu", "cuda"
     threads = 0                   # torch threads per process; 0: cores / local processes
     workers = -1                  # DataLoader workers; -1: 0 on CPU, 4 on GPU
+    bf16 = "auto"                 # bf16 autocast: true, false, or "auto" (on for CUDA and for
+                                  # CPUs with native bf16 (AVX512-BF16/AMX); weights stay fp32)
 
 Without a ``[samplers]`` table the run uses the paper's joint sampler: the four label-free
 samplers with equal weights and default hyperparameters.
@@ -55,7 +57,7 @@ LR_WITHOUT_MINING = 1e-6
 
 _TRAIN_DEFAULTS = {"batch_size": 32, "steps": 100_000, "mining": True, "lr": None, "margin": 0.1,
                    "seed": 0, "checkpoint_every": 1000, "log_every": 10}
-_RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1}
+_RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1, "bf16": "auto"}
 _SECTIONS = {"data", "model", "train", "samplers", "runtime"}
 
 
@@ -81,6 +83,7 @@ class TrainConfig:
     device: str
     threads: int
     workers: int
+    bf16: bool | str = "auto"
 
     def to_dict(self) -> dict:
         return {"data": {"cache": self.cache}, "model": self.model.to_dict(),
@@ -88,7 +91,8 @@ class TrainConfig:
                           "lr": self.lr, "margin": self.margin, "seed": self.seed,
                           "checkpoint_every": self.checkpoint_every, "log_every": self.log_every},
                 "samplers": copy.deepcopy(self.samplers),
-                "runtime": {"device": self.device, "threads": self.threads, "workers": self.workers}}
+                "runtime": {"device": self.device, "threads": self.threads, "workers": self.workers,
+                            "bf16": self.bf16}}
 
 
 def _check_keys(section: str, got: dict, allowed) -> None:
@@ -144,11 +148,14 @@ def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
     _check_keys("runtime", runtime, _RUNTIME_DEFAULTS)
     if runtime["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"[runtime] device must be auto, cpu or cuda, got {runtime['device']!r}")
+    if runtime["bf16"] not in (True, False, "auto"):
+        raise ConfigError(f"[runtime] bf16 must be true, false or \"auto\", got {runtime['bf16']!r}")
     return TrainConfig(cache=cache, model=model, batch_size=train["batch_size"], steps=train["steps"],
                        mining=train["mining"], lr=float(lr), margin=float(train["margin"]),
                        seed=int(train["seed"]), checkpoint_every=train["checkpoint_every"],
                        log_every=train["log_every"], samplers=samplers, device=runtime["device"],
-                       threads=int(runtime["threads"]), workers=int(runtime["workers"]))
+                       threads=int(runtime["threads"]), workers=int(runtime["workers"]),
+                       bf16=runtime["bf16"])
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

@@ -202,6 +202,18 @@ def train_step(model, loss_fn, optimizer, batch: dict, device: torch.device, aut
     return loss, stats
 
 
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether to autocast to bf16: configured, or by default where the hardware computes it
+    natively (CUDA; CPUs with AVX512-BF16 or AMX, where it measured ~1.2-1.9x faster on ResNet-50)."""
+    if config.bf16 != "auto":
+        return bool(config.bf16)
+    if device.type == "cuda":
+        return True
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
 def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
     if config.threads > 0:
         return config.threads
@@ -279,10 +291,13 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     reason = "steps"
     saved_step = None
     ddp_model.train()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
+        else nullcontext()
     with _StopSignals() as signals:
         batches = batch_stream(dataset, step, config.steps, workers, pin=cuda)
-        while step < config.steps:
+        if max_triplets is not None and triplets_seen >= max_triplets:
+            reason = "max_triplets"  # already spent by the run being resumed
+        while step < config.steps and reason == "steps":
             batch = next(batches)
             loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast)
             step += 1

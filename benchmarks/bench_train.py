@@ -1,0 +1,142 @@
+"""Training throughput of the paper's ResNet-50 (section 4.2) in triplets/s, on this machine.
+
+Prints, from one process:
+
+- ``bare``: forward + backward + Adam on pre-made log-mel tensors (the model's ceiling);
+- ``pipeline``: the trainer's own step (``training.trainer.train_step``) fed by its batch
+  stream (``StepBatches`` over a small synthetic feature cache, sampled in a background thread);
+- the data pipeline's share of step time: the time to sample one batch alone, and the time the
+  step loop actually waited for a batch.
+
+    python benchmarks/bench_train.py [--steps 6] [--threads 2] [--batch 32] [--bf16]
+
+Targets on 2 CPU cores: >= 15 triplets/s, data pipeline < 10% of step time. Other work on the
+machine slows every number; the load average is printed next to them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from audioembed import frontend  # noqa: E402
+from audioembed.model import AudioResNet, ModelConfig  # noqa: E402
+from training.feature_cache import CacheWriter  # noqa: E402
+from training.losses import TripletLoss  # noqa: E402
+from training.samplers import DEFAULT_JOINT  # noqa: E402
+from training.trainer import StepBatches, batch_stream, train_step  # noqa: E402
+
+
+def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> None:
+    """Log-normal 'energies' with some structure; content does not matter for speed."""
+    rng = np.random.default_rng(0)
+    with CacheWriter(folder) as w:
+        for i in range(recordings):
+            e = rng.lognormal(mean=-2.0, sigma=2.0, size=(frames, frontend.N_MELS)).astype(np.float32)
+            w.add(f"rec{i}.wav", e)
+
+
+CPU_TIME: dict[str, list[float]] = {}
+
+
+def timed_steps(fn, steps: int, warmup: int, name: str = "") -> list[float]:
+    """Wall seconds per call; also records this process's CPU seconds per call under ``name``
+    (CPU time / threads is what a step would take on idle cores)."""
+    for _ in range(warmup):
+        fn()
+    out, cpu = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        out.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU_TIME[name] = cpu
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32, help="triplets per step")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--layers", default="3,4,6,3", help="ResNet block counts (default ResNet-50)")
+    ap.add_argument("--bf16", action="store_true", help="CPU bf16 autocast for the forward pass")
+    ap.add_argument("--no-mining", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    cfg = ModelConfig(layers=tuple(int(x) for x in args.layers.split(",")))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    b = args.batch
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"model layers {cfg.layers}, batch {b} triplets ({3 * b} windows), bf16 {args.bf16}")
+    print(f"load average before: {os.getloadavg()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_cache(Path(tmp))
+        spec = {name: {} for name in DEFAULT_JOINT}
+        dataset = StepBatches(tmp, spec, b, seed=0, rank=0)
+        loss_fn = TripletLoss(mining=not args.no_mining)
+
+        # Sampling alone, synchronously.
+        sample_s = timed_steps(lambda: dataset[np.random.randint(1 << 30)], args.steps, 1)
+
+        # Bare model step on a fixed batch (same step function, batch already in memory).
+        torch.manual_seed(0)
+        model = AudioResNet(cfg).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        fixed = dataset[0]
+        bare_s = timed_steps(lambda: train_step(model, loss_fn, opt, fixed, torch.device("cpu"), autocast),
+                             args.steps, args.warmup, name="bare")
+
+        # The trainer's pipeline: batches from a background thread while the model steps.
+        torch.manual_seed(0)
+        model = AudioResNet(cfg).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        stream = batch_stream(dataset, 0, args.steps + args.warmup, workers=0, pin=False)
+        waits, steps_s, cpu = [], [], []
+        for i in range(args.steps + args.warmup):
+            t0, c0 = time.perf_counter(), time.process_time()
+            batch = next(stream)
+            t1 = time.perf_counter()
+            train_step(model, loss_fn, opt, batch, torch.device("cpu"), autocast)
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                waits.append(t1 - t0)
+                steps_s.append(t2 - t0)
+                cpu.append(time.process_time() - c0)
+        CPU_TIME["pipeline"] = cpu
+
+    def stats(xs):
+        return float(np.median(xs)), float(np.mean(xs))
+
+    bare_med, _ = stats(bare_s)
+    pipe_med, pipe_mean = stats(steps_s)
+    samp_med, _ = stats(sample_s)
+    print(f"bare fwd+bwd+Adam:   {bare_med:6.3f} s/step  {b / bare_med:6.1f} triplets/s (median)")
+    print(f"trainer pipeline:    {pipe_med:6.3f} s/step  {b / pipe_med:6.1f} triplets/s (median; "
+          f"mean {b / pipe_mean:.1f})")
+    print(f"sampling one batch:  {samp_med * 1000:6.1f} ms = {100 * samp_med / pipe_med:4.1f}% of a step "
+          f"if not overlapped")
+    print(f"waiting for batches: {1000 * float(np.mean(waits)):6.1f} ms/step = "
+          f"{100 * sum(waits) / sum(steps_s):4.1f}% of step time (prefetch thread)")
+    n = torch.get_num_threads()
+    for name in ("bare", "pipeline"):
+        c = float(np.median(CPU_TIME[name]))
+        print(f"{name:>8}: {c:6.2f} CPU-s/step -> {b * n / c:5.1f} triplets/s projected on {n} idle cores "
+              f"(this run got {c / (bare_med if name == 'bare' else pipe_med):.2f} cores)")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
