@@ -8,7 +8,7 @@ Prints, from one process:
 - the data pipeline's share of step time: the time to sample one batch alone, and the time the
   step loop actually waited for a batch.
 
-    python benchmarks/bench_train.py [--steps 6] [--threads 2] [--batch 32] [--bf16]
+    python benchmarks/bench_train.py [--steps 6] [--threads 2] [--batch 32] [--bf16 auto|on|off]
 
 Targets on 2 CPU cores: >= 15 triplets/s, data pipeline < 10% of step time. Other work on the
 machine slows every number; the load average is printed next to them.
@@ -33,7 +33,8 @@ from audioembed.model import AudioResNet, ModelConfig  # noqa: E402
 from training.feature_cache import CacheWriter  # noqa: E402
 from training.losses import TripletLoss  # noqa: E402
 from training.samplers import DEFAULT_JOINT  # noqa: E402
-from training.trainer import StepBatches, batch_stream, train_step  # noqa: E402
+from training.config import from_dict  # noqa: E402
+from training.trainer import StepBatches, batch_stream, train_step, use_bf16  # noqa: E402
 
 
 def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> None:
@@ -70,16 +71,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="triplets per step")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layers", default="3,4,6,3", help="ResNet block counts (default ResNet-50)")
-    ap.add_argument("--bf16", action="store_true", help="CPU bf16 autocast for the forward pass")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="bf16 autocast; auto: the trainer's default (native bf16 CPUs)")
     ap.add_argument("--no-mining", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(layers=tuple(int(x) for x in args.layers.split(",")))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    bf16 = use_bf16(from_dict({"data": {"cache": "."}, "runtime": {"bf16": "auto"}}), torch.device("cpu")) \
+        if args.bf16 == "auto" else args.bf16 == "on"
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     b = args.batch
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"model layers {cfg.layers}, batch {b} triplets ({3 * b} windows), bf16 {args.bf16}")
+          f"model layers {cfg.layers}, batch {b} triplets ({3 * b} windows), bf16 {bf16}")
     print(f"load average before: {os.getloadavg()}")
 
     with tempfile.TemporaryDirectory() as tmp:

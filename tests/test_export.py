@@ -56,3 +56,28 @@ def test_export_loads_and_embeds(checkpoint, tmp_path):
     card = write_model_card(out, "org/tiny", prov).read_text()
     assert "hf-hub:org/tiny" in card and prov["data_manifest_sha256"] in card
     assert json.loads((out / "config.json").read_text())["provenance"]["world_size"] == 1
+
+
+def test_push_to_hub_uploads_the_folder_with_a_card(checkpoint, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from training.export import export_checkpoint, push_to_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, exist_ok=False):
+            calls["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            return "https://example.invalid/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = export_checkpoint(checkpoint[0], tmp_path / "m", name="tiny")
+    assert push_to_hub(folder, "org/tiny").endswith("/commit/1")
+    assert calls["repo"] == "org/tiny"
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
