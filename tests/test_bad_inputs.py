@@ -16,13 +16,9 @@ from audioembed import embed, extract
 from audioembed.cli import main
 
 
-def good_wav_bytes(tmp_path: Path, make_wav) -> bytes:
-    return make_wav("_template.wav", seconds=0.5).read_bytes()
-
-
 def _bad_files(tmp_path: Path, make_wav) -> dict[str, tuple[Path, str]]:
     """name -> (file, phrase its failure must contain)."""
-    wav = good_wav_bytes(tmp_path, make_wav)
+    wav = make_wav("_template.wav", seconds=0.5).read_bytes()
     d = tmp_path / "bad"
     d.mkdir()
     cases = {}
