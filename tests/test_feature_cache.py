@@ -130,3 +130,16 @@ def test_manifest_forms(tmp_path, corpus):
     bad.write_text("file\nx.wav\n")
     with pytest.raises(fc.CacheError, match="path"):
         read_manifest(bad)
+
+
+def test_cache_command(tmp_path, corpus):
+    from click.testing import CliRunner
+
+    from training.commands import cache
+
+    audio, manifest = corpus
+    res = CliRunner().invoke(cache, ["--manifest", str(manifest), "--root", str(audio),
+                                     "--out", str(tmp_path / "c"), "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "4 files cached" in res.output and "1 failed" in res.output and "broken.wav" in res.output
+    assert FeatureCache(tmp_path / "c").num_files == 4

@@ -16,7 +16,7 @@ Example (``training/recipes/tiny.toml`` is a complete one)::
     margin = 0.1
     seed = 0
     checkpoint_every = 1000
-    log_every = 10
+    log_every = 1                 # steps per JSONL line (averaged over them)
 
     [samplers.gaussian_noise]     # a section enables a sampler; weight defaults to 1
     sigma = 0.5
@@ -56,7 +56,7 @@ LR_WITH_MINING = 1e-4
 LR_WITHOUT_MINING = 1e-6
 
 _TRAIN_DEFAULTS = {"batch_size": 32, "steps": 100_000, "mining": True, "lr": None, "margin": 0.1,
-                   "seed": 0, "checkpoint_every": 1000, "log_every": 10}
+                   "seed": 0, "checkpoint_every": 1000, "log_every": 1}
 _RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1, "bf16": "auto"}
 _SECTIONS = {"data", "model", "train", "samplers", "runtime"}
 
