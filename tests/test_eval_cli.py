@@ -70,6 +70,24 @@ def test_evaluate_logmel_end_to_end(manifest, tmp_path):
     assert table[0].startswith("| Representation | Dataset | Dim | QbE mAP | QbE recovery |")
 
 
+def test_evaluate_a_model_folder(manifest, tmp_path):
+    """A (tiny, untrained) model folder goes through resolve_model and iter_embeddings."""
+    import torch
+    from audioembed import AudioResNet, ModelConfig, save_model_folder
+
+    torch.manual_seed(0)
+    folder = save_model_folder(AudioResNet(ModelConfig(layers=(1, 1, 1, 1), base_width=8)).eval(),
+                               tmp_path / "tiny")
+    out, cache = tmp_path / "r.json", tmp_path / "cache"
+    proc = _run("evaluate", "--model", str(folder), "--dataset", str(manifest), "--out", str(out),
+                "--cache-dir", str(cache), "--no-classifiers")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert res["embedding_dim"] == 128 and len(res["model"]["sha256"]) == 64
+    assert res["dataset"]["n_windows"] == 27 and "classifier" not in res
+    assert len(list(cache.glob(f"{res['model']['sha256'][:12]}_set_*.npz"))) == 1
+
+
 def test_evaluate_missing_dataset_is_a_clear_error(tmp_path):
     proc = _run("evaluate", "--model", "logmel", "--dataset", "debian-sfx",
                 "--data-root", str(tmp_path / "none"))
