@@ -125,18 +125,16 @@ def predict_segments(model: torch.nn.Module, x: torch.Tensor, seg: np.ndarray, s
                      batch: int = 4096) -> np.ndarray:
     """Segment scores: the mean sigmoid output over each of ``segments``' windows.
 
-    ``x`` holds the windows of exactly ``segments`` (in order), ``seg`` their segment ids.
+    ``x`` holds the windows of exactly ``segments`` (sorted), ``seg`` their segment ids.
     """
+    from training.evaluation.metrics import segment_means
+
     probs = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             probs.append(torch.sigmoid(model(x[i:i + batch])).numpy())
-    probs = np.concatenate(probs).astype(np.float64)
-    pos = np.searchsorted(segments, seg)
-    sums = np.zeros((len(segments), probs.shape[1]))
-    np.add.at(sums, pos, probs)
-    counts = np.bincount(pos, minlength=len(segments))
-    return sums / counts[:, None]
+    # float64: averaged probabilities near 0 or 1 would tie in float32 and blur the ranking.
+    return segment_means(np.concatenate(probs), np.searchsorted(segments, seg), len(segments), np.float64)
 
 
 def stratify_key(y: np.ndarray) -> np.ndarray:

@@ -91,7 +91,10 @@ def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_j
         raise click.ClickException(f"cannot embed {ds.name} with {model}: {exc}") from exc
     t_embed = time.perf_counter() - t0
     settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs)
-    results = evaluate_embeddings(ds, we, settings, log=_log)
+    try:
+        results = evaluate_embeddings(ds, we, settings, log=_log)
+    except ValueError as exc:  # e.g. too few segments per class to retrieve or to split
+        raise click.ClickException(f"cannot evaluate on {ds.name}: {exc}") from exc
     results["timing"] = {"embedding_s": round(t_embed, 1), "embeddings_from_cache": we.from_cache,
                          "total_s": round(time.perf_counter() - t0, 1)}
     click.echo("\n".join(summary_lines(results)))

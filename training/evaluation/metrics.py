@@ -8,14 +8,16 @@ QBE_MAX_PER_CLASS = 100
 QBE_DRAWS = 5
 
 
-def segment_means(window_emb: np.ndarray, seg: np.ndarray, n_segments: int) -> np.ndarray:
-    """Mean of each segment's window rows; ``seg`` is non-decreasing and covers every segment."""
+def segment_means(window_emb: np.ndarray, seg: np.ndarray, n_segments: int, dtype=np.float32
+                  ) -> np.ndarray:
+    """Mean of each segment's window rows; ``seg`` is non-decreasing and covers every segment.
+    Summed in float64 (a segment may have thousands of windows)."""
     starts = np.searchsorted(seg, np.arange(n_segments))
     counts = np.diff(np.append(starts, len(seg)))
     if (counts == 0).any():
         raise ValueError("every segment needs at least one window")
     sums = np.add.reduceat(window_emb.astype(np.float64, copy=False), starts, axis=0)
-    return (sums / counts[:, None]).astype(np.float32)
+    return (sums / counts[:, None]).astype(dtype, copy=False)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
