@@ -58,6 +58,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(cache, tmp_path):
     assert full.step == 6 and full.reason == "steps"
     first = train(config, tmp_path / "split", max_triplets=12, echo=lambda s: None)
     assert first.step == 3 and first.reason == "max_triplets"
+    # Steps logged after the checkpoint by a killed run are dropped, then redone.
+    with open(tmp_path / "split" / LOG_NAME, "a") as f:
+        f.write(json.dumps({"step": 4, "loss": -1.0}) + "\n" + '{"step": 5, "lo')
     second = train(config, tmp_path / "split", resume=True, echo=lambda s: None)
     assert second.step == 6 and second.triplets_seen == 24
     a, b = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(tmp_path / "split" / "checkpoint.pt")

@@ -214,6 +214,25 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     return bool((check and check()) or (amx and amx()))
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step: a killed run may have logged steps that the
+    resumed run is about to redo, and the log should show each step once."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut short by the kill: nothing after it is trustworthy
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
     if config.threads > 0:
         return config.threads
@@ -271,6 +290,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     per_step = config.batch_size * ctx.world_size
     if ctx.is_main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if ctx.is_main and resume:
+        _truncate_log(out / LOG_NAME, step)
     log_file = open(out / LOG_NAME, "a", encoding="utf-8") if ctx.is_main else None
     provenance = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
 
