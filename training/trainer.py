@@ -362,6 +362,7 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     if log_file is not None:
         log_file.close()
     if write_checksums:
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"params.rank{ctx.rank}.sha256").write_text(param_checksum(model) + "\n")
     distributed.barrier(ctx)
     if ctx.is_main:
