@@ -12,9 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from training.feature_cache import build_cache
+from training.feature_cache import FeatureCache, build_cache
 from training.samplers import make_sampler, sample_batch
-from training.feature_cache import FeatureCache
 from training.trainer import LOG_NAME, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
