@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +33,19 @@ def test_torchrun_two_ranks_end_with_identical_parameters(tmp_path):
                    '[train]\nbatch_size = 4\nsteps = 3\nlog_every = 1\n[runtime]\ndevice = "cpu"\nthreads = 1\n')
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--standalone", "-m", "training", "train", "--config", str(cfg),
-                          "--out", str(out), "--write-checksums"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # A session of its own, so a hung run's workers can be killed with the launcher.
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", "-m", "training", "train", "--config", str(cfg),
+                             "--out", str(out), "--write-checksums"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s:\n" + output[-3000:])
+    assert proc.returncode == 0, output[-5000:]
     sums = [(out / f"params.rank{r}.sha256").read_text() for r in (0, 1)]
     assert sums[0] == sums[1]
     ckpt = load_checkpoint(out / "checkpoint.pt")
