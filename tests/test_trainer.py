@@ -88,11 +88,16 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(cache, tmp_path):
                              "--out", str(out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / LOG_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave a stray trainer behind a failed test
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, output
     assert "signal SIGTERM" in output
     ckpt = load_checkpoint(out / "checkpoint.pt")
