@@ -120,6 +120,26 @@ def test_classifier_on_separated_classes_is_near_perfect(layers):
     assert res["map"] > 0.99 and res["accuracy"] > 0.99
 
 
+def test_training_windows_are_capped_per_segment():
+    seg = np.repeat(np.arange(4), [1, 25, 3, 12])
+    x = torch.arange(len(seg), dtype=torch.float32)[:, None]
+    data = clf.WindowData(x, seg, np.eye(2, dtype=bool)[[0, 1, 0, 1]], np.arange(4))
+    xs, ss = data.windows_of(np.array([1, 2, 3]), cap=10, rng=np.random.default_rng(0))
+    assert np.bincount(ss, minlength=4).tolist() == [0, 10, 3, 10]
+    assert (np.diff(ss) >= 0).all() and len(set(xs[:, 0].tolist())) == 23  # distinct windows
+    np.testing.assert_array_equal(seg[xs[:, 0].long().numpy()], ss)
+    full, _ = data.windows_of(np.array([1]))
+    assert len(full) == 25
+
+
+def test_fixed_step_budget():
+    emb, y = _clusters(n_classes=2, per_class=10)
+    data = _window_data(emb, y)
+    cfg = clf.MLPConfig(hidden_units=8, steps=7, batch_size=8, val_fraction=0.0)
+    _, log = clf.fit_and_score(data, np.arange(0, 20, 2), np.arange(1, 20, 2), cfg)
+    assert log["steps"] == 7 and log["epochs_run"] == 3  # 20 windows: 3 steps an epoch
+
+
 def test_outer_folds_are_group_aware_and_use_official_folds():
     y = np.eye(2, dtype=bool)[np.tile([0, 1], 20)]
     groups = [f"g{i // 4}" for i in range(40)]

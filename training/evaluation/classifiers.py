@@ -4,6 +4,10 @@ An MLP with 1 or 2 hidden layers of 512 ReLU units and one independent sigmoid o
 class is trained on *window* embeddings, each carrying its segment's labels (Adam, binary
 cross-entropy). A segment's score is the mean of its windows' sigmoid outputs.
 
+Training uses at most ``max_windows`` windows per segment (a seeded random subset; 10, the
+windows of an AudioSet clip), so one 20-minute recording does not outweigh a thousand short
+clips nor dominate the training time; scoring uses every window.
+
 Inputs are standardised with the training fold's window mean and standard deviation; the
 affine map is a fixed first layer, so no standardised copy of the data is made (a 6144-d
 log-mel fold would be hundreds of MB).
@@ -13,7 +17,8 @@ stratified (one of ``1 / val_fraction`` folds, or of fewer when there are fewer 
 FSDD one speaker of the training fold), and the weights of the epoch with the lowest validation
 loss are kept (stop after ``patience`` epochs without improvement, at most ``epochs``). Light
 supervision has too few labels to spare, so it trains for a fixed number of epochs
-(``val_fraction = 0``).
+(``val_fraction = 0``) or, with ``steps``, a fixed number of gradient steps whatever the
+dataset's size.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ class MLPConfig:
     weight_decay: float = 0.0
     val_fraction: float = 0.1
     patience: int = 3
+    max_windows: int | None = 10
+    steps: int | None = None  # a fixed number of gradient steps instead of ``epochs``
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -93,11 +100,16 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, config: MLPConfig,
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                            foreach=True)
     best, best_state, best_epoch, stale = math.inf, None, 0, 0
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
+    epochs = config.epochs if config.steps is None else math.ceil(
+        config.steps / math.ceil(len(x) / config.batch_size))
+    step, epoch = 0, 0
+    for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), config.batch_size):
+            if config.steps is not None and step == config.steps:
+                break
+            step += 1
             idx = order[i:i + config.batch_size]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -117,7 +129,7 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, config: MLPConfig,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, {"epochs_run": epoch, "best_epoch": best_epoch or epoch,
+    return model, {"epochs_run": epoch, "steps": step, "best_epoch": best_epoch or epoch,
                    "val_loss": None if val is None else best}
 
 
@@ -184,10 +196,17 @@ class WindowData:
     y: np.ndarray  # (n_segments, n_classes) bool
     groups: np.ndarray  # (n_segments,)
 
-    def windows_of(self, segments: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def windows_of(self, segments: np.ndarray, cap: int | None = None,
+                   rng: np.random.Generator | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """Windows of ``segments`` in segment order; with ``cap``, a random ``cap`` of each."""
         mask = np.zeros(len(self.y), bool)
         mask[segments] = True
         idx = np.flatnonzero(mask[self.seg])
+        if cap is not None:
+            seg = self.seg[idx]
+            order = np.lexsort((rng.random(len(idx)), seg))  # by segment, shuffled within
+            rank = np.arange(len(idx)) - np.searchsorted(seg[order], seg[order])
+            idx = np.sort(idx[order[rank < cap]])
         return self.x[torch.from_numpy(idx)], self.seg[idx]
 
     def targets(self, seg: np.ndarray) -> torch.Tensor:
@@ -199,7 +218,8 @@ def fit_and_score(data: WindowData, train: np.ndarray, test: np.ndarray, config:
     """Train on segments ``train`` (optionally with an inner validation split), score ``test``."""
     from training.evaluation.metrics import classifier_scores
 
-    fit, val, stopping = train, None, "fixed epochs"
+    rng = np.random.default_rng(config.seed)
+    fit, val, stopping = train, None, "fixed steps" if config.steps else "fixed epochs"
     if config.val_fraction > 0:
         n_inner = max(2, round(1 / config.val_fraction))
         try:
@@ -210,10 +230,10 @@ def fit_and_score(data: WindowData, train: np.ndarray, test: np.ndarray, config:
             stopping = f"fixed epochs (no validation split: {exc})"
         else:
             fit, val_seg = train[inner_fit], train[inner_val]
-            xv, sv = data.windows_of(val_seg)
+            xv, sv = data.windows_of(val_seg, config.max_windows, rng)
             val = (xv, data.targets(sv))
             stopping = "early stopping"
-    xf, sf = data.windows_of(fit)
+    xf, sf = data.windows_of(fit, config.max_windows, rng)
     model, log = train_mlp(xf, data.targets(sf), config, val)
     xt, st = data.windows_of(test)
     test = np.sort(test)

@@ -34,18 +34,19 @@ class EvalSettings:
     lr: float = 1e-3
     light_per_class: int = 20
     light_trials: int = 3
-    light_epochs: int = 30
+    light_steps: int = 300
     light_batch_size: int = 32
+    max_windows: int = 10
 
     def mlp(self, layers: int) -> clf.MLPConfig:
         return clf.MLPConfig(hidden_layers=layers, epochs=self.epochs, batch_size=self.batch_size,
                              lr=self.lr, val_fraction=self.val_fraction, patience=self.patience,
-                             seed=self.seed)
+                             max_windows=self.max_windows, seed=self.seed)
 
     def light_mlp(self, layers: int) -> clf.MLPConfig:
-        return clf.MLPConfig(hidden_layers=layers, epochs=self.light_epochs,
+        return clf.MLPConfig(hidden_layers=layers, steps=self.light_steps,
                              batch_size=self.light_batch_size, lr=self.lr, val_fraction=0.0,
-                             seed=self.seed)
+                             max_windows=self.max_windows, seed=self.seed)
 
 
 def _stderr(msg: str) -> None:
@@ -84,10 +85,11 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
     results["classifier"] = {"split": split_kind, "stopping": (
         f"early stopping on a group-aware inner validation split (1 of {round(1 / settings.val_fraction)}"
         f" folds of the training segments, fewer with fewer groups), patience {settings.patience}, "
-        f"at most {settings.epochs} epochs")}
+        f"at most {settings.epochs} epochs, at most {settings.max_windows} windows per segment")}
     for layers in LAYERS:
         results["classifier"][str(layers)] = clf.cross_validate(data, splits, settings.mlp(layers), log)
-    results["light_supervision"] = {"stopping": f"fixed {settings.light_epochs} epochs",
+    results["light_supervision"] = {"stopping": f"fixed {settings.light_steps} steps of "
+                                                f"{settings.light_batch_size} windows",
                                     "test": "trial t tests on outer split t's test part"}
     for layers in LAYERS:
         results["light_supervision"][str(layers)] = clf.light_supervision(
