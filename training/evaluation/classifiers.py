@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
+from training.evaluation.metrics import classifier_scores, segment_means
+
 HIDDEN_UNITS = 512
 N_SPLITS = 5
 
@@ -139,8 +141,6 @@ def predict_segments(model: torch.nn.Module, x: torch.Tensor, seg: np.ndarray, s
 
     ``x`` holds the windows of exactly ``segments`` (sorted), ``seg`` their segment ids.
     """
-    from training.evaluation.metrics import segment_means
-
     probs = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
@@ -216,8 +216,6 @@ class WindowData:
 def fit_and_score(data: WindowData, train: np.ndarray, test: np.ndarray, config: MLPConfig
                   ) -> tuple[np.ndarray, dict]:
     """Train on segments ``train`` (optionally with an inner validation split), score ``test``."""
-    from training.evaluation.metrics import classifier_scores
-
     rng = np.random.default_rng(config.seed)
     fit, val, stopping = train, None, "fixed steps" if config.steps else "fixed epochs"
     if config.val_fraction > 0:
