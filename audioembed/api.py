@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 
 from audioembed import frontend
-from audioembed.audio_io import AudioError, load_waveform
+from audioembed.audio_io import SilentAudioWarning, silence_message
 from audioembed.model import AudioResNet
+from audioembed.streaming import FeatureChunk, input_chunks
 
 DEFAULT_BATCH_SIZE = 64
 _MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
@@ -31,15 +33,21 @@ class Embeddings(NamedTuple):
 
 @dataclass
 class ItemResult:
-    """One input's outcome from :func:`iter_embeddings`: its windows' embeddings, or its error."""
+    """One input's outcome from :func:`iter_embeddings`: its windows' embeddings, or its error.
+
+    ``silent``: the input was all zeros (it is embedded; callers warn).
+    """
 
     index: int
     name: str
     window_embeddings: np.ndarray | None = None
     timestamps: np.ndarray | None = None
     error: Exception | None = None
+    silent: bool = False
     _parts: list = field(default_factory=list, repr=False)
-    _remaining: int = 0
+    _times: list = field(default_factory=list, repr=False)
+    _remaining: int = 0  # windows queued but not yet through the network
+    _complete: bool = False  # its last chunk has come
 
     @property
     def embedding(self) -> np.ndarray:
@@ -58,6 +66,9 @@ def resolve_model(model: str | os.PathLike | AudioResNet | None, device: str | t
                   ) -> AudioResNet:
     """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached."""
     if isinstance(model, torch.nn.Module):
+        # Inference is deterministic only in eval mode: in training mode BatchNorm would use
+        # (and update) batch statistics, so results would depend on the batch (as encode() does).
+        model.eval()
         return model.to(device) if device is not None else model
     from audioembed.loading import load_model
 
@@ -71,21 +82,30 @@ def item_name(item, index: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
 
 
-def compute_windows(item, sr: int | None, hop: float, name: str) -> tuple[torch.Tensor, np.ndarray]:
-    """Log-mel windows ``(n, 96, 64)`` and their timestamps for one input."""
-    wave = load_waveform(item, sr, name=name)
-    windows, ts = frontend.log_mel_windows(wave, hop)
-    return windows, ts.numpy()
+def iter_features(items: Iterable, sr: int | None, hop: float) -> Iterator[FeatureChunk]:
+    """The log-mel windows of each input, as :class:`FeatureChunk` s in input order.
 
-
-def iter_features(items: Iterable, sr: int | None, hop: float) -> Iterator[tuple[int, str, Any]]:
-    """``(index, name, (windows, timestamps) or AudioError)`` for each input, in order."""
+    Files are read in blocks (see ``audioembed.streaming``), so a long file is never held whole;
+    a bad input gives a chunk holding its AudioError and the others go on.
+    """
+    hop_frames = frontend.hop_frames(hop)
     for i, item in enumerate(items):
-        name = item_name(item, i)
-        try:
-            yield i, name, compute_windows(item, sr, hop, name)
-        except AudioError as exc:
-            yield i, name, exc
+        yield from input_chunks(i, item, sr, hop_frames, item_name(item, i))
+
+
+def collect_features(chunks: Iterable[FeatureChunk]) -> Iterator[tuple[int, str, Any]]:
+    """``(index, name, (windows, timestamps) or AudioError)`` per input, its chunks joined."""
+    parts: dict[int, list[FeatureChunk]] = {}
+    for chunk in chunks:
+        got = parts.setdefault(chunk.index, [])
+        got.append(chunk)
+        if chunk.last:
+            del parts[chunk.index]
+            if chunk.error is not None:
+                yield chunk.index, chunk.name, chunk.error
+            else:
+                yield chunk.index, chunk.name, (torch.cat([c.windows for c in got]),
+                                                np.concatenate([c.timestamps for c in got]))
 
 
 def _forward(model: AudioResNet, x: torch.Tensor) -> np.ndarray:
@@ -95,16 +115,18 @@ def _forward(model: AudioResNet, x: torch.Tensor) -> np.ndarray:
         return model(x).float().cpu().numpy()
 
 
-def iter_embeddings(features: Iterable[tuple[int, str, Any]], model: AudioResNet,
+def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[ItemResult]:
     """Embed the windows of many inputs in shared batches; yield each input's result in order.
 
-    Batches are filled with windows from consecutive inputs, so small files do not waste
-    batch slots; results do not depend on ``batch_size`` (the model is in eval mode).
+    Batches are filled with windows as they come, from one input's chunks and then the next
+    input's, so small files do not waste batch slots and a long file never waits whole in
+    memory; results do not depend on ``batch_size`` (the model is in eval mode).
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order: deque[ItemResult] = deque()
+    open_items: dict[int, ItemResult] = {}
     queue: deque[tuple[ItemResult, torch.Tensor]] = deque()
     queued = 0
 
@@ -129,26 +151,39 @@ def iter_embeddings(features: Iterable[tuple[int, str, Any]], model: AudioResNet
             res._remaining -= k
             pos += k
 
+    def fail(res: ItemResult, error: Exception) -> None:
+        # Windows it already queued are dropped; embeddings already computed are discarded.
+        nonlocal queued, queue
+        queued -= sum(w.shape[0] for r, w in queue if r is res)
+        queue = deque((r, w) for r, w in queue if r is not res)
+        res.error, res._parts, res._times, res._remaining = error, [], [], 0
+
     def finished() -> Iterator[ItemResult]:
-        while order and order[0]._remaining == 0:
+        while order and order[0]._complete and order[0]._remaining == 0:
             res = order.popleft()
             if res.error is None:
                 res.window_embeddings = np.concatenate(res._parts)
-                res._parts = []
+                res.timestamps = np.concatenate(res._times)
+                res._parts, res._times = [], []
             yield res
 
-    for index, name, feats in features:
-        res = ItemResult(index=index, name=name)
-        order.append(res)
-        if isinstance(feats, Exception):
-            res.error = feats
-        else:
-            windows, res.timestamps = feats
-            res._remaining = windows.shape[0]
-            queue.append((res, windows))
-            queued += windows.shape[0]
-            while queued >= batch_size:
-                run_batch(batch_size)
+    for chunk in features:
+        res = open_items.get(chunk.index)
+        if res is None:
+            res = open_items[chunk.index] = ItemResult(index=chunk.index, name=chunk.name)
+            order.append(res)
+        if chunk.error is not None:
+            fail(res, chunk.error)
+        elif chunk.windows.shape[0]:
+            queue.append((res, chunk.windows))
+            queued += chunk.windows.shape[0]
+            res._remaining += chunk.windows.shape[0]
+            res._times.append(chunk.timestamps)
+        if chunk.last:
+            res._complete, res.silent = True, chunk.silent
+            del open_items[chunk.index]
+        while queued >= batch_size:
+            run_batch(batch_size)
         yield from finished()
     while queued:
         run_batch(min(queued, batch_size))
@@ -199,6 +234,8 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     for res in results:
         if res.error is not None:
             raise res.error
+        if res.silent:
+            warnings.warn(silence_message(res.name), SilentAudioWarning, stacklevel=2)
         out.append(res)
     segs = np.stack([r.embedding for r in out])
     if not windows:

@@ -153,3 +153,19 @@ def test_model_folder_path_and_instance_agree(model, clips, tmp_path):
 def test_default_model_is_not_available_yet(clips):
     with pytest.raises(ModelNotAvailableError, match="model folder"):
         embed(clips[0], sr=SR)
+
+
+def test_a_model_in_training_mode_is_used_in_eval_mode():
+    import numpy as np
+    import torch
+
+    from audioembed import AudioResNet, ModelConfig, embed
+
+    torch.manual_seed(0)
+    model = AudioResNet(ModelConfig(layers=(1, 1, 1, 1), base_width=8)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32) * 0.1
+    a = embed(x, 16000, model=model, batch_size=1)
+    b = embed(x, 16000, model=model, batch_size=5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
