@@ -5,11 +5,11 @@ run can list it and go on.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -104,21 +104,70 @@ def describe_read_failure(path: str, exc: Exception) -> str:
     return f"{path}: unsupported format {shown} (readable: {_READABLE})"
 
 
+class AudioSource:
+    """An input opened for reading in blocks: a path (decoded by soundfile as it is read) or an
+    in-memory array or tensor (downmixed once, then sliced). ``rate`` is its sample rate.
+
+    Use as a context manager; :meth:`blocks` yields mono float32 arrays, channels averaged.
+    """
+
+    def __init__(self, audio, sr: int | None = None, name: str | None = None):
+        self._file = None
+        self._samples = None
+        if isinstance(audio, (str, os.PathLike)):
+            path = os.fspath(audio)
+            self.name = name or path
+            try:
+                self._file = sf.SoundFile(path)
+            except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
+                raise AudioError(describe_read_failure(path, exc)) from exc
+            self.rate = int(self._file.samplerate)
+        else:
+            self.name = name or "<array>"
+            self._samples = as_waveform(audio, sr, name=self.name)
+            self.rate = _check_rate(sr)
+
+    def __enter__(self) -> "AudioSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def blocks(self, frames: int = -1) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of ``frames`` samples (the last may be shorter); -1: one block."""
+        if self._samples is not None:
+            step = frames if frames > 0 else max(1, self._samples.size)
+            for a in range(0, self._samples.size, step):
+                yield self._samples[a:a + step]
+            return
+        while True:
+            try:
+                data = self._file.read(frames, dtype="float32", always_2d=True)
+            except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+                raise AudioError(f"{self.name}: audio data is corrupt or truncated "
+                                 f"({_libsndfile_reason(exc)})") from exc
+            if data.shape[0] == 0:
+                return
+            yield to_mono(data.T, name=self.name)
+            if frames < 0:
+                return
+
+
+def _read_all(src: AudioSource) -> np.ndarray:
+    blocks = list(src.blocks())
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode ``path`` to a mono float32 array (channels averaged) and its sample rate."""
-    path = os.fspath(path)
-    try:
-        f = sf.SoundFile(path)
-    except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
-        raise AudioError(describe_read_failure(path, exc)) from exc
-    with f:
-        sr = f.samplerate
-        try:
-            data = f.read(dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
-            raise AudioError(f"{path}: audio data is corrupt or truncated "
-                             f"({_libsndfile_reason(exc)})") from exc
-    return to_mono(data.T, name=path), int(sr)
+    with AudioSource(path) as src:
+        return _read_all(src), src.rate
 
 
 def to_mono(data: np.ndarray, name: str = "<array>") -> np.ndarray:
@@ -149,17 +198,42 @@ def as_waveform(audio, sr: int | None, name: str = "<array>") -> np.ndarray:
     return to_mono(data, name=name)
 
 
+def silence_message(name: str) -> str:
+    return f"{name}: audio is all zeros; its embedding is that of silence"
+
+
+class SampleChecker:
+    """Checks audio as it is read, block by block: non-finite samples fail at the first block
+    holding one; zero length fails, and all-zero audio is noted (``silent``), at :meth:`finish`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+        self.silent = True
+
+    def update(self, block: np.ndarray) -> None:
+        finite = np.isfinite(block)
+        if not finite.all():
+            first = self.count + int(np.argmin(finite))
+            raise AudioError(f"{self.name}: contains NaN or infinite samples (the first is sample "
+                             f"{first})")
+        if self.silent and block.any():
+            self.silent = False
+        self.count += block.size
+
+    def finish(self) -> bool:
+        """Whether the audio was all zeros; raises :class:`AudioError` if it had no samples."""
+        if self.count == 0:
+            raise AudioError(f"{self.name}: zero-length audio (no samples)")
+        return self.silent
+
+
 def check_samples(samples: np.ndarray, name: str) -> None:
     """Refuse empty or non-finite audio; warn (and go on) on all-zero audio."""
-    if samples.size == 0:
-        raise AudioError(f"{name}: zero-length audio (no samples)")
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = int(samples.size - np.count_nonzero(finite))
-        raise AudioError(f"{name}: contains NaN or infinite samples ({bad} of {samples.size})")
-    if not samples.any():
-        warnings.warn(f"{name}: audio is all zeros; its embedding is that of silence",
-                      SilentAudioWarning, stacklevel=3)
+    checker = SampleChecker(name)
+    checker.update(samples)
+    if checker.finish():
+        warnings.warn(silence_message(name), SilentAudioWarning, stacklevel=3)
 
 
 @lru_cache(maxsize=16)
@@ -170,28 +244,24 @@ def _check_rate(sr: int) -> int:
 
 
 def resample(samples: np.ndarray, sr: int) -> torch.Tensor:
-    """Resample mono samples to ``frontend.SAMPLE_RATE`` with the documented torchaudio filter."""
-    import torchaudio.functional as AF
+    """Resample mono samples to ``frontend.SAMPLE_RATE`` with the documented torchaudio filter.
 
-    sr = _check_rate(sr)
+    The whole signal in one block of ``streaming.BlockResampler``, so a file read block by block
+    gives the same samples to the bit.
+    """
+    from audioembed.streaming import BlockResampler
+
+    resampler = BlockResampler(sr)
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    if sr == frontend.SAMPLE_RATE:
-        return x
-    g = math.gcd(sr, frontend.SAMPLE_RATE)
-    return AF.resample(
-        x, sr // g, frontend.SAMPLE_RATE // g,
-        lowpass_filter_width=frontend.RESAMPLE_LOWPASS_FILTER_WIDTH,
-        rolloff=frontend.RESAMPLE_ROLLOFF, resampling_method=frontend.RESAMPLE_METHOD,
-    )
+    return torch.cat([resampler.push(x), resampler.finish()])
 
 
 def load_waveform(audio, sr: int | None = None, name: str | None = None) -> torch.Tensor:
-    """Any supported input (path, array, tensor) to a checked 16 kHz mono float32 tensor."""
-    if isinstance(audio, (str, os.PathLike)):
-        name = name or os.fspath(audio)
-        samples, sr = read_audio(audio)
-    else:
-        name = name or "<array>"
-        samples = as_waveform(audio, sr, name=name)
-    check_samples(samples, name)
-    return resample(samples, sr)
+    """Any supported input (path, array, tensor) to a checked 16 kHz mono float32 tensor.
+
+    The whole signal at once; ``audioembed.streaming`` computes the same features block by block.
+    """
+    with AudioSource(audio, sr, name) as src:
+        samples = _read_all(src)
+    check_samples(samples, src.name)
+    return resample(samples, src.rate)

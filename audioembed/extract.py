@@ -14,17 +14,16 @@ import glob
 import os
 import secrets
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
 from audioembed import api, frontend
-from audioembed.audio_io import AUDIO_EXTENSIONS, SilentAudioWarning
+from audioembed.audio_io import AUDIO_EXTENSIONS, silence_message
 
 FORMATS = ("npy", "npz")
 WINDOWS_SUFFIX = ".windows.npy"
@@ -226,23 +225,6 @@ def _load_model(model, device: str | None):
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
 
 
-def _capture_silence(features: Iterator, sink: list[str]) -> Iterator:
-    """Pass ``features`` through, turning each input's all-zero warning into a report line."""
-    while True:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SilentAudioWarning)
-            try:
-                item = next(features)
-            except StopIteration:
-                return
-        for w in caught:
-            if issubclass(w.category, SilentAudioWarning):
-                sink.append(str(w.message))
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        yield item
-
-
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -286,13 +268,14 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     if not tasks:
         return report
     net = _load_model(model, device)
-    features = _capture_silence(api.iter_features([t[0].path for t in tasks], None, hop),
-                                report.warnings)
+    features = api.iter_features([t[0].path for t in tasks], None, hop)
     bar = _progress(len(tasks), progress)
     done = []
     try:
         for res in api.iter_embeddings(features, net, batch_size):
             src, stem = tasks[res.index]
+            if res.silent:
+                report.warnings.append(silence_message(res.name))
             if res.error is not None:
                 report.failures.append(str(res.error))
             elif mode == "npz":

@@ -214,21 +214,32 @@ def window_timestamps(starts: list[int] | torch.Tensor, offset_frames: int = 0) 
     return (s * HOP_LENGTH + WINDOW_CENTRE_SAMPLES).to(torch.float64) / SAMPLE_RATE
 
 
+def gather_windows(frames: torch.Tensor, starts: list[int], pad_value: float = 0.0) -> torch.Tensor:
+    """Windows of ``WINDOW_FRAMES`` frames starting at ``starts`` (frame indices into ``frames``).
+
+    ``frames`` is ``(..., n_frames, N_MELS)``; the result ``(..., len(starts), WINDOW_FRAMES,
+    N_MELS)``. Frames past the end are ``pad_value``: 0 for mel energies (zero energy), and
+    ``log(LOG_OFFSET)`` for log-mel features, which is the same thing after the log.
+    """
+    n = frames.shape[-2]
+    need = max(starts, default=0) + WINDOW_FRAMES
+    if need > n:
+        pad = frames.new_full((*frames.shape[:-2], need - n, frames.shape[-1]), pad_value)
+        frames = torch.cat([frames, pad], dim=-2)
+    idx = (torch.as_tensor(starts, dtype=torch.int64, device=frames.device).reshape(-1, 1)
+           + torch.arange(WINDOW_FRAMES, device=frames.device))
+    return frames[..., idx, :]
+
+
 def frame_windows(frames: torch.Tensor, hop: int, pad_value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
     """Cut ``(n_frames, N_MELS)`` features into ``(n_windows, WINDOW_FRAMES, N_MELS)`` windows.
 
-    ``pad_value`` fills frames past the end: 0 for mel energies (zero energy), and
-    ``log(LOG_OFFSET)`` for log-mel features, which is the same thing after the log.
+    The windows start at :func:`window_starts`; ``pad_value`` as for :func:`gather_windows`.
     """
     if frames.dim() != 2 or frames.shape[1] != N_MELS:
         raise ValueError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
-    n = frames.shape[0]
-    starts = window_starts(n, hop)
-    need = starts[-1] + WINDOW_FRAMES
-    if need > n:
-        frames = torch.cat([frames, frames.new_full((need - n, frames.shape[1]), pad_value)])
-    idx = torch.as_tensor(starts).unsqueeze(1) + torch.arange(WINDOW_FRAMES).unsqueeze(0)
-    return frames[idx], starts
+    starts = window_starts(frames.shape[0], hop)
+    return gather_windows(frames, starts, pad_value), starts
 
 
 def log_mel_windows(waveform: torch.Tensor, hop_seconds: float = DEFAULT_HOP_SECONDS

@@ -62,12 +62,7 @@ def _log_mel_windows(audio: torch.Tensor, hop: int) -> tuple[torch.Tensor, list[
     """``(n_sounds, n_windows, WINDOW_FRAMES, N_MELS)`` log-mel windows of equal-length sounds."""
     energies = frontend.mel_energies(audio)  # (n_sounds, frames, N_MELS)
     starts = frontend.window_starts(energies.shape[1], hop)
-    need = starts[-1] + frontend.WINDOW_FRAMES
-    if need > energies.shape[1]:
-        energies = torch.nn.functional.pad(energies, (0, 0, 0, need - energies.shape[1]))
-    idx = (torch.as_tensor(starts, device=audio.device).unsqueeze(1)
-           + torch.arange(frontend.WINDOW_FRAMES, device=audio.device).unsqueeze(0))
-    return frontend.log_mel(energies[:, idx]), starts
+    return frontend.log_mel(frontend.gather_windows(energies, starts)), starts
 
 
 def _embed_windows(windows: torch.Tensor, model: HearModel) -> torch.Tensor:

@@ -146,28 +146,16 @@ def sha256_of(path: str | os.PathLike) -> str | None:
 def chunked_mel_energies(waveform) -> np.ndarray:
     """``frontend.mel_energies`` of a long waveform, computed ``CHUNK_FRAMES`` frames at a time.
 
-    Frame ``f`` analyses samples ``[f*HOP - N_FFT/2, f*HOP + N_FFT/2)``; each chunk is given
-    two hops of real signal on each side so its kept frames see exactly the samples they would
-    in one whole-file call (float rounding of the batched matmul may differ in the last bit).
+    ``audioembed.streaming.FrameStream`` gives each chunk the samples its frames read on both
+    sides, so the frames equal one whole-file call's.
     """
     import torch
 
-    n = waveform.shape[-1]
-    total = frontend.num_frames(n)
-    if total <= CHUNK_FRAMES:
-        return frontend.mel_energies(waveform).numpy()
-    hop = frontend.HOP_LENGTH
-    ctx = -(-(frontend.N_FFT // 2) // hop)  # whole hops of context covering half an FFT
-    out = np.empty((total, frontend.N_MELS), dtype=np.float32)
-    with torch.no_grad():
-        for a in range(0, total, CHUNK_FRAMES):
-            b = min(total, a + CHUNK_FRAMES)
-            lo_frame = max(0, a - ctx)
-            lo = lo_frame * hop
-            hi = min(n, (b + ctx) * hop)
-            mel = frontend.mel_energies(waveform[lo:hi])
-            out[a:b] = mel[a - lo_frame:b - lo_frame].numpy()
-    return out
+    from audioembed.streaming import FrameStream
+
+    stream, step = FrameStream(), CHUNK_FRAMES * frontend.HOP_LENGTH
+    parts = [stream.push(waveform[a:a + step]) for a in range(0, waveform.shape[-1], step)]
+    return torch.cat(parts + [stream.finish()]).numpy()
 
 
 def to_stored(energies: np.ndarray) -> tuple[np.ndarray, int]:

@@ -23,7 +23,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from audioembed import frontend
-from audioembed.api import DEFAULT_BATCH_SIZE, iter_embeddings, iter_features, resolve_model
+from audioembed.api import (DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features,
+                            resolve_model)
 
 from training.evaluation.datasets import LabeledDataset
 
@@ -112,7 +113,7 @@ def _load(path: Path, n_segments: int) -> WindowEmbeddings | None:
 def _window_rows(items: Iterable, net, batch_size: int) -> Iterable[tuple[int, object]]:
     """``(index, (n, D) array or error)`` per input; log-mel windows are flattened."""
     if net is None:
-        for index, _, feats in items:
+        for index, _, feats in collect_features(items):
             yield index, feats if isinstance(feats, Exception) else feats[0].reshape(len(feats[0]), -1).numpy()
     else:
         for res in iter_embeddings(items, net, batch_size):

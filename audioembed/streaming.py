@@ -1,0 +1,259 @@
+"""The frontend block by block: long audio is decoded, resampled and framed in bounded memory.
+
+Each stage keeps only the overlap the next block needs, so memory does not grow with the
+length of the input, and the output equals the whole-signal computation
+(``frontend.log_mel_windows(audio_io.load_waveform(x))``) up to float rounding:
+
+* :class:`BlockResampler`: torchaudio's ``resample`` is a polyphase FIR (one filter phase per
+  output sample, a stride of ``orig`` input samples per ``new`` outputs). Every output group
+  reads ``2 * width + orig`` input samples; the resampler keeps the ones the next group needs,
+  with torchaudio's zero padding at both ends of the signal.
+* :class:`FrameStream`: STFT frame ``f`` analyses samples ``f*HOP ± N_FFT/2`` (zeros outside
+  the signal); a frame is computed once every sample it reads has arrived.
+* :class:`WindowStream`: a window is emitted as soon as its ``WINDOW_FRAMES`` frames exist; at
+  the end the short-clip and trailing-window rules of ``frontend.window_starts`` decide the rest.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from audioembed import frontend
+from audioembed.audio_io import AudioError, AudioSource, SampleChecker, _check_rate
+
+# Seconds of audio decoded per block. Output does not depend on it; memory and the number of
+# windows handed on at a time (about BLOCK_SECONDS / hop) do.
+BLOCK_SECONDS = 20
+
+
+# Output samples the resampler computes per matrix product. See BlockResampler.
+RESAMPLE_TILE = 8192
+
+
+@lru_cache(maxsize=8)
+def _resample_kernel(sr: int) -> tuple[torch.Tensor, int]:
+    """torchaudio's filter bank for ``sr``, as a ``(taps, new)`` matrix, and its ``width``.
+
+    Computed by the function ``torchaudio.functional.resample`` calls, with the dtype it passes
+    (that of a float32 waveform), so the filter is torchaudio's to the bit.
+    """
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    g = math.gcd(sr, frontend.SAMPLE_RATE)
+    kernel, width = _get_sinc_resample_kernel(
+        sr, frontend.SAMPLE_RATE, g, frontend.RESAMPLE_LOWPASS_FILTER_WIDTH,
+        frontend.RESAMPLE_ROLLOFF, frontend.RESAMPLE_METHOD, None, torch.device("cpu"),
+        torch.float32)
+    return kernel[:, 0, :].T.contiguous(), width
+
+
+class BlockResampler:
+    """``torchaudio.functional.resample(x, sr, SAMPLE_RATE)`` of a signal fed in blocks.
+
+    torchaudio pads the signal with ``width`` zeros on the left and ``width + orig`` on the
+    right, and computes output group ``p`` (samples ``p*new .. p*new + new - 1``) from padded
+    input ``p*orig .. p*orig + taps - 1``. The same products are computed here, in tiles of a
+    fixed number of groups aligned to the start of the signal: every tile is one matrix product
+    of the same shape, so each output sample is the same float32 number however the signal was
+    cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
+    length, rounds differently for different lengths: by ~1e-7, which the log of a near-silent
+    mel band can magnify past 1e-5.) ``audio_io.resample`` is this class on one block.
+    """
+
+    def __init__(self, sr: int):
+        sr = _check_rate(sr)
+        g = math.gcd(sr, frontend.SAMPLE_RATE)
+        self.orig, self.new = sr // g, frontend.SAMPLE_RATE // g
+        self.identity = sr == frontend.SAMPLE_RATE
+        if not self.identity:
+            self.kernel, width = _resample_kernel(sr)
+            self._buf = torch.zeros(width)
+            self._right_pad = width + self.orig
+            self._tile = max(1, RESAMPLE_TILE // self.new)  # groups per product
+        self._n_in = 0
+        self._n_out = 0
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        """Output samples that ``x`` (the next input samples) completes."""
+        self._n_in += x.shape[-1]
+        if self.identity:
+            return x
+        self._buf = torch.cat([self._buf, x])
+        return self._run(final=False)
+
+    def finish(self) -> torch.Tensor:
+        """The remaining output samples, up to the length the whole-signal call gives."""
+        if self.identity:
+            return torch.zeros(0)
+        self._buf = torch.cat([self._buf, torch.zeros(self._right_pad)])
+        out = self._run(final=True)
+        # torchaudio's length, computed as it does: a float32 ceil, which for long signals can
+        # differ by one sample from the exact ceil(new * n / orig).
+        target = int(torch.ceil(torch.as_tensor(self.new * self._n_in / self.orig)))
+        keep = max(0, target - (self._n_out - out.shape[0]))
+        self._n_out += keep - out.shape[0]
+        return out[:keep]
+
+    def _run(self, final: bool) -> torch.Tensor:
+        taps, step = self.kernel.shape[0], self.orig
+        groups = max(0, (self._buf.shape[0] - taps) // step + 1)
+        tiles = -(-groups // self._tile) if final else groups // self._tile
+        if tiles == 0:
+            return torch.zeros(0)
+        span = (tiles * self._tile - 1) * step + taps
+        if span > self._buf.shape[0]:  # the last tile of the signal: zeros past the padding
+            self._buf = torch.cat([self._buf, torch.zeros(span - self._buf.shape[0])])
+        outs = []
+        with frontend.single_threaded():
+            for t in range(tiles):
+                # A fresh contiguous (tile, taps) matrix: the same shape, layout and alignment
+                # for every tile, so the product rounds the same way wherever the tile lies.
+                rows = self._buf[t * self._tile * step:].as_strided((self._tile, taps), (step, 1))
+                outs.append((rows.contiguous() @ self.kernel).reshape(-1))
+        self._buf = self._buf[tiles * self._tile * step:]
+        out = torch.cat(outs)
+        if final:
+            out = out[:groups * self.new]
+        self._n_out += out.shape[0]
+        return out
+
+
+class FrameStream:
+    """16 kHz samples in, mel energies ``(frames, N_MELS)`` out as soon as they are complete."""
+
+    # Frames of look-back before the next frame: frame f reads back to f*HOP - N_FFT/2.
+    CONTEXT = -(-(frontend.N_FFT // 2) // frontend.HOP_LENGTH)
+
+    def __init__(self):
+        self._buf = torch.zeros(0)
+        self._first = 0  # frame whose centre is self._buf[0]
+        self._next = 0  # next frame to emit
+        self._n = 0  # samples received
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        self._buf = torch.cat([self._buf, x])
+        self._n += x.shape[-1]
+        # Frame f is complete once samples up to f*HOP + N_FFT/2 have arrived.
+        reach = self._n - frontend.N_FFT // 2
+        return self._emit(reach // frontend.HOP_LENGTH + 1 if reach >= 0 else 0, final=False)
+
+    def finish(self) -> torch.Tensor:
+        """The remaining frames; the signal is zero after its end, as in the whole-signal STFT."""
+        return self._emit(frontend.num_frames(self._n), final=True)
+
+    def _emit(self, stop: int, final: bool) -> torch.Tensor:
+        if stop <= self._next:
+            return torch.zeros(0, frontend.N_MELS)
+        hop = frontend.HOP_LENGTH
+        # The buffer starts at sample first*HOP, a frame centre, and at least CONTEXT frames
+        # before the next frame (or at the signal's start, where the STFT pads zeros as the
+        # whole-signal one does). Frames of the buffer's STFT from there on read real samples.
+        end = self._buf.shape[0] if final else (stop - 1 - self._first) * hop + frontend.N_FFT // 2
+        mel = frontend.mel_energies(self._buf[:end])[self._next - self._first:stop - self._first]
+        self._next = stop
+        first = max(0, stop - self.CONTEXT)
+        self._buf = self._buf[(first - self._first) * hop:]
+        self._first = first
+        return mel
+
+
+class WindowStream:
+    """Mel energies in, log-mel windows ``(n, WINDOW_FRAMES, N_MELS)`` and start frames out."""
+
+    def __init__(self, hop: int):
+        self.hop = hop
+        self._frames = torch.zeros(0, frontend.N_MELS)
+        self._first = 0  # frame index of self._frames[0]
+        self._k = 0  # next window
+        self._n = 0  # frames received
+
+    def push(self, energies: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        self._frames = torch.cat([self._frames, energies])
+        self._n += energies.shape[0]
+        # A window whose frames all exist is in window_starts() whatever the final length.
+        full = (self._n - frontend.WINDOW_FRAMES) // self.hop + 1 if self._n >= frontend.WINDOW_FRAMES else 0
+        return self._cut(list(range(self._k * self.hop, full * self.hop, self.hop)))
+
+    def finish(self) -> tuple[torch.Tensor, list[int]]:
+        """The windows left by ``frontend.window_starts`` for the final frame count, padded."""
+        return self._cut([s for s in frontend.window_starts(self._n, self.hop) if s >= self._k * self.hop])
+
+    def _cut(self, starts: list[int]) -> tuple[torch.Tensor, list[int]]:
+        if not starts:
+            return torch.zeros(0, frontend.WINDOW_FRAMES, frontend.N_MELS), starts
+        # Padding with zero energy, then the log: the same operations as frontend.log_mel_windows.
+        windows = frontend.log_mel(frontend.gather_windows(
+            self._frames, [s - self._first for s in starts], pad_value=0.0))
+        self._k += len(starts)
+        first = min(self._k * self.hop, self._n)
+        self._frames = self._frames[first - self._first:]
+        self._first = first
+        return windows, starts
+
+
+class LogMelStream:
+    """Mono blocks at ``sr`` Hz in, log-mel windows and their start frames out (``hop`` frames)."""
+
+    def __init__(self, sr: int, hop: int):
+        self._resampler, self._frames, self._windows = BlockResampler(sr), FrameStream(), WindowStream(hop)
+
+    def push(self, block: np.ndarray) -> tuple[torch.Tensor, list[int]]:
+        # Per call, not around a generator's yields: the caller's thread runs the network
+        # between blocks, and that wants all its threads (see frontend.single_threaded).
+        with frontend.single_threaded():
+            samples = self._resampler.push(torch.from_numpy(np.ascontiguousarray(block, np.float32)))
+            return self._windows.push(self._frames.push(samples))
+
+    def finish(self) -> tuple[torch.Tensor, list[int]]:
+        with frontend.single_threaded():
+            parts = [self._windows.push(self._frames.push(self._resampler.finish())),
+                     self._windows.push(self._frames.finish()),
+                     self._windows.finish()]
+        return torch.cat([w for w, _ in parts]), [s for _, starts in parts for s in starts]
+
+
+@dataclass
+class FeatureChunk:
+    """Part of one input's log-mel windows, in the order :func:`input_chunks` makes them.
+
+    An input's last chunk has ``last=True`` and says whether the audio was all zeros
+    (``silent``). An input that fails ends with a chunk holding only its ``error`` (an
+    AudioError naming it); its earlier chunks are void.
+    """
+
+    index: int
+    name: str
+    windows: torch.Tensor | None = None  # (n, WINDOW_FRAMES, N_MELS) log-mel
+    timestamps: np.ndarray | None = None  # (n,) window centres, seconds
+    last: bool = False
+    silent: bool = False
+    error: AudioError | None = None
+
+
+def input_chunks(index: int, item, sr: int | None, hop: int, name: str) -> Iterator[FeatureChunk]:
+    """The :class:`FeatureChunk` s of one input (path, array or tensor), ``hop`` in frames.
+
+    The input is read ``BLOCK_SECONDS`` at a time; the chunks hold the windows each block
+    completes. Together they equal ``frontend.log_mel_windows(load_waveform(item, sr), ...)``.
+    """
+    checker = SampleChecker(name)
+    try:
+        with AudioSource(item, sr, name) as src:
+            stream = LogMelStream(src.rate, hop)
+            for block in src.blocks(BLOCK_SECONDS * src.rate):
+                checker.update(block)
+                windows, starts = stream.push(block)
+                if starts:
+                    yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy())
+            silent = checker.finish()
+            windows, starts = stream.finish()
+    except AudioError as exc:
+        yield FeatureChunk(index, name, last=True, error=exc)
+        return
+    yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy(),
+                       last=True, silent=silent)

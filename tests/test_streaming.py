@@ -1,0 +1,143 @@
+"""Block-wise reading, resampling and framing give the whole-signal numbers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from audioembed import embed, frontend, streaming
+from audioembed.api import collect_features, iter_embeddings, iter_features
+from audioembed.audio_io import AudioSource, load_waveform, resample
+from helpers_hub import tiny_model
+
+
+def random_blocks(x: np.ndarray, rng: np.random.Generator, most: int):
+    """``x`` cut at random places, with some one-sample blocks."""
+    i = 0
+    while i < len(x):
+        k = 1 if rng.random() < 0.1 else int(rng.integers(1, most))
+        yield x[i:i + k]
+        i += k
+
+
+@pytest.mark.parametrize("sr", [44100, 48000, 22050, 11025, 8000, 96000, 16000, 7])
+def test_block_resampler_equals_torchaudio(sr):
+    rng = np.random.default_rng(sr)
+    x = (0.2 * rng.standard_normal(3 * sr + 17)).astype(np.float32)
+    r = streaming.BlockResampler(sr)
+    got = torch.cat([r.push(torch.from_numpy(b)) for b in random_blocks(x, rng, sr // 2 + 2)]
+                    + [r.finish()])
+    want = AF.resample(torch.from_numpy(x), sr, frontend.SAMPLE_RATE, lowpass_filter_width=6,
+                       rolloff=0.99, resampling_method="sinc_interp_hann")
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # The whole-signal path is the same resampler on one block: equal to the bit.
+    assert torch.equal(got, resample(x, sr))
+
+
+@pytest.mark.parametrize("hop", [1, 48, 50, 96, 100, 150])
+def test_window_stream_follows_window_starts(hop):
+    rng = np.random.default_rng(hop)
+    for n in [1, 47, 95, 96, 97, 143, 144, 145, 191, 192, 193, 240, 300, 401]:
+        energies = torch.rand(n, frontend.N_MELS)
+        ws = streaming.WindowStream(hop)
+        parts, starts, i = [], [], 0
+        while i < n:
+            k = int(rng.integers(1, 40))
+            w, s = ws.push(energies[i:i + k])
+            parts.append(w)
+            starts += s
+            i += k
+        w, s = ws.finish()
+        want, want_starts = frontend.frame_windows(energies, hop)
+        assert starts + s == want_starts, n
+        assert torch.equal(torch.cat(parts + [w]), frontend.log_mel(want))
+
+
+def synth(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Tones, noise bursts, a low-passed stretch and exact silence: quiet and loud mel bands."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr) + 1  # one extra sample: torchaudio's float32 length rounding shows
+    t = np.arange(n, dtype=np.float64) / sr
+    out = np.empty((n, channels), np.float32)
+    for c in range(channels):
+        f = 300 + 200 * c + 150 * np.sin(2 * np.pi * t / 37.0)
+        x = 0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr)
+        x += 0.05 * rng.standard_normal(n) * (np.sin(2 * np.pi * t / 11.0) > 0.5)
+        out[:, c] = x
+    out[int(0.3 * n):int(0.35 * n)] = 0.0  # exact silence
+    lo = slice(int(0.5 * n), int(0.55 * n))  # a 2-sample moving average: little energy up high
+    out[lo] = 0.5 * (out[lo] + np.roll(out[lo], 1, axis=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(5)
+
+
+@pytest.mark.parametrize("sr,channels", [(44100, 2), (16000, 1)])
+def test_ten_minute_file_streams_like_the_whole_file(sr, channels, tmp_path, model):
+    path = tmp_path / "long.wav"
+    sf.write(path, synth(600, sr, channels), sr, subtype="PCM_16")
+    chunks = list(iter_features([path], None, frontend.DEFAULT_HOP_SECONDS))
+    assert len(chunks) >= 600 // streaming.BLOCK_SECONDS  # windows came out block by block
+    [(_, _, (windows, ts))] = collect_features(chunks)
+
+    wave = load_waveform(path)
+    if sr != frontend.SAMPLE_RATE:
+        with sf.SoundFile(path) as f:
+            mono = f.read(dtype="float32", always_2d=True).mean(1)
+        assert wave.shape == AF.resample(torch.from_numpy(mono), sr, frontend.SAMPLE_RATE).shape
+    want, want_ts = frontend.log_mel_windows(wave)
+    assert windows.shape == want.shape == (625, 96, 64)
+    torch.testing.assert_close(windows, want, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(ts, want_ts.numpy())
+
+    got = embed(path, model=model, windows=True)
+    with torch.inference_mode():
+        direct = model(want).numpy()
+    np.testing.assert_allclose(got.window_embeddings, direct, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got.timestamps, want_ts.numpy())
+
+
+def test_files_are_read_in_blocks(tmp_path, monkeypatch):
+    path = tmp_path / "a.wav"
+    sf.write(path, synth(5, 22050, 2), 22050)
+    monkeypatch.setattr(streaming, "BLOCK_SECONDS", 1)
+    sizes = []
+    real = AudioSource.blocks
+
+    def spy(self, frames=-1):
+        for b in real(self, frames):
+            sizes.append(len(b))
+            yield b
+    monkeypatch.setattr(AudioSource, "blocks", spy)
+    chunks = list(iter_features([path], None, 0.5))
+    assert max(sizes) == 22050 and len(sizes) == 6
+    assert len(chunks) >= 5 and chunks[-1].last and not any(c.last for c in chunks[:-1])
+    [(_, _, (windows, _))] = collect_features(chunks)
+    want, _ = frontend.log_mel_windows(load_waveform(path), 0.5)
+    assert torch.equal(windows, want)
+
+
+def test_a_bad_block_fails_its_input_alone(tmp_path, monkeypatch, model):
+    monkeypatch.setattr(streaming, "BLOCK_SECONDS", 1)
+    good1, good2 = synth(2.5, 16000, 1, seed=1), synth(3, 16000, 1, seed=2)
+    bad = synth(5, 16000, 1, seed=3)
+    bad[int(3.5 * 16000)] = np.nan  # in the fourth block: windows of the first three are out
+    paths = []
+    for name, x in [("g1", good1), ("bad", bad), ("g2", good2)]:
+        paths.append(tmp_path / f"{name}.wav")
+        sf.write(paths[-1], x, 16000, subtype="FLOAT")
+    chunks = list(iter_features(paths, None, frontend.DEFAULT_HOP_SECONDS))
+    assert any(c.index == 1 and c.windows is not None and len(c.windows) for c in chunks)
+    results = list(iter_embeddings(chunks, model, batch_size=3))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert f"{paths[1]}: contains NaN or infinite samples (the first is sample 56000)" == str(results[1].error)
+    assert results[1].window_embeddings is None
+    for r, p in zip([results[0], results[2]], [paths[0], paths[2]]):
+        np.testing.assert_allclose(r.window_embeddings, embed(p, model=model, windows=True).window_embeddings,
+                                   rtol=0, atol=1e-6)
