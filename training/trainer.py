@@ -245,9 +245,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     """Train (or resume training) the run in ``out_dir``; see the module docstring."""
     out = Path(out_dir)
     ctx = distributed.setup(config.device)
+    # The thread count is process-wide: give the caller theirs back (tests and notebooks call
+    # train() in-process, and a changed count changes later float results).
+    threads = torch.get_num_threads()
     try:
         return _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo)
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown(ctx)
 
 
