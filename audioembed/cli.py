@@ -1,4 +1,4 @@
-"""The ``audioembed`` command: ``extract`` and ``info``. A thin click layer over ``extract.run``."""
+"""The ``audioembed`` command: ``extract``, ``merge``, ``info``. A thin click layer over ``extract.run``."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from audioembed import __version__, extract as extract_mod, frontend
+from audioembed import __version__, extract as extract_mod, frontend, shards
 from audioembed.api import DEFAULT_BATCH_SIZE
 
 MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or "
@@ -36,8 +36,12 @@ def main() -> None:
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
+                   "give the shard.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
-def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, quiet):
+def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, shard,
+            quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -68,15 +72,28 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     impossible output, model cannot be loaded).
 
     \b
+    Many processes or machines: each takes shard K of N of the sorted input list
+    (--shard K/N, or RANK/WORLD_SIZE under torchrun; --device cuda picks cuda:LOCAL_RANK).
+    npy outputs are written as usual; npz gives OUT.shard-K-of-N.npz per shard, which
+    `audioembed merge` joins in the order of the whole list.
+
+    \b
     Examples:
       audioembed extract clip.wav -o emb.npy
       audioembed extract recordings/ --recursive -o out/
       audioembed extract "data/*.wav" --windows -o all.npz
+      audioembed extract data/ --shard $SLURM_ARRAY_TASK_ID/8 -o all.npz
+      torchrun --nnodes 2 --nproc_per_node 4 ... -m audioembed.cli extract data/ -o all.npz
     """
     try:
+        part = shards.resolve_shard(shard)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from exc
+    try:
         report = extract_mod.run(
-            inputs, output, model=model, hop=hop, batch_size=batch_size, device=device, fmt=fmt,
-            windows=windows, recursive=recursive, overwrite=overwrite, progress=not quiet)
+            inputs, output, model=model, hop=hop, batch_size=batch_size,
+            device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
+            overwrite=overwrite, progress=not quiet, shard=part)
     except extract_mod.UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     for line in report.warnings:
@@ -87,9 +104,35 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
         for line in report.failures:
             click.echo(f"  {line}", err=True)
     elif not quiet:
-        click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)} -> {output}",
+        click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)} -> "
+                   f"{report.destination}",
                    err=True)
     sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("shard_files", nargs=-1, required=True, metavar="SHARD...")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="The merged archive, e.g. all.npz.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def merge(shard_files, output, overwrite):
+    """Join the OUT.shard-K-of-N.npz archives of a sharded `extract` into one archive.
+
+    \b
+    Inputs come out in the order of the whole run, with the keys an unsharded run writes.
+    Every shard 0..N-1 must be given, once.
+    Exit status: 0 merged; 1 a shard is missing, unreadable or from another run.
+
+    \b
+    Example:
+      audioembed merge all.shard-*-of-8.npz -o all.npz
+    """
+    try:
+        n_inputs, n_shards = shards.merge_files(shard_files, output, overwrite=overwrite)
+    except shards.MergeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"merged {n_inputs} inputs from {n_shards} shards -> {output}", err=True)
 
 
 def model_info(model: str | None) -> tuple[dict, str | None]:

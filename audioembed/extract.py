@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
-import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +23,8 @@ from safetensors import SafetensorError
 
 from audioembed import api, frontend
 from audioembed.audio_io import AUDIO_EXTENSIONS, silence_message
+from audioembed.outputs import archive_arrays, atomic_write, save_archive, save_npy  # noqa: F401 (atomic_write: API)
+from audioembed.shards import Shard
 
 FORMATS = ("npy", "npz")
 WINDOWS_SUFFIX = ".windows.npy"
@@ -43,6 +44,7 @@ class RunReport:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    destination: Path | None = None  # -o, or this shard's archive
 
     @property
     def failed(self) -> int:
@@ -144,28 +146,6 @@ def output_files(stem: Path, windows: bool) -> list[Path]:
     return files + [Path(f"{stem}.npy")]
 
 
-def atomic_write(path: Path, write: Callable) -> None:
-    """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place.
-
-    A crash or a full disk leaves the old file (or none), never a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
 def _resolve_mode(output: Path, fmt: str | None) -> str:
     """``"single"`` (-o X.npy), ``"dir"`` (-o DIR) or ``"npz"`` (-o X.npz)."""
     suffix = output.suffix.lower()
@@ -225,17 +205,19 @@ def _load_model(model, device: str | None):
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, shard: Shard | None = None):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, unit="file", desc="embedding", file=sys.stderr, dynamic_ncols=True)
+    desc = "embedding" if shard is None else f"embedding (shard {shard})"
+    return tqdm(total=total, unit="file", desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
 def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model=None,
         hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = api.DEFAULT_BATCH_SIZE,
         device: str | None = None, fmt: str | None = None, windows: bool = False,
-        recursive: bool = False, overwrite: bool = False, progress: bool = False) -> RunReport:
+        recursive: bool = False, overwrite: bool = False, progress: bool = False,
+        shard: Shard | None = None) -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
 
     Output layout (``fmt`` None infers it from ``output``: ``.npz`` -> npz, otherwise npy):
@@ -250,6 +232,9 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     ``window_embeddings`` (W, 128), ``timestamps`` (W,) and ``offsets`` (N + 1,): input i's
     windows are rows ``offsets[i]:offsets[i + 1]``.
 
+    With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
+    their usual files; npz: ``OUT.shard-K-of-N.npz``, see ``audioembed.shards``).
+
     Raises:
         UsageError: an impossible output, a bad option, or a model that cannot be loaded.
     """
@@ -259,27 +244,43 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     mode = _resolve_mode(output, fmt)
     _check_options(hop, batch_size, device)
     sources, failures = expand_inputs(inputs, recursive)
-    report = RunReport(total=len(sources), failures=failures)
     if mode == "single" and len(sources) > 1:
         raise UsageError(f"-o {output} holds one embedding, but the inputs name {len(sources)} "
                          "files; pass -o FOLDER (one .npy per input) or -o embeddings.npz")
-
-    tasks = _plan(sources, output, mode, windows, overwrite, report)
-    if not tasks:
+    mine = list(shard.positions(len(sources))) if shard is not None else range(len(sources))
+    archive = shard.archive(output) if shard is not None and mode == "npz" else output
+    report = RunReport(total=len(mine), failures=failures, destination=archive)
+    if mode == "npz":
+        if archive.exists() and not overwrite:
+            report.failures.append(f"{archive}: exists; pass --overwrite to replace it")
+            return report
+        tasks = [(sources[i], None, i) for i in mine]
+    else:
+        # Planned over every input, so that two inputs whose outputs collide are told apart the
+        # same way whichever shards they fall in.
+        planned = _plan(sources, output, mode, windows, overwrite)
+        tasks = []
+        for i in mine:
+            stem, problem = planned[i]
+            if problem is not None:
+                report.failures.append(problem)
+            else:
+                tasks.append((sources[i], stem, i))
+    if not tasks and not (mode == "npz" and shard is not None):
         return report
     net = _load_model(model, device)
     features = api.iter_features([t[0].path for t in tasks], None, hop)
-    bar = _progress(len(tasks), progress)
+    bar = _progress(len(tasks), progress, shard)
     done = []
     try:
         for res in api.iter_embeddings(features, net, batch_size):
-            src, stem = tasks[res.index]
+            src, stem, pos = tasks[res.index]
             if res.silent:
                 report.warnings.append(silence_message(res.name))
             if res.error is not None:
                 report.failures.append(str(res.error))
             elif mode == "npz":
-                done.append((src, res))
+                done.append((src, res, pos))
             else:
                 _write_item(stem, res, windows, report)
             if bar is not None:
@@ -287,36 +288,34 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     finally:
         if bar is not None:
             bar.close()
-    if mode == "npz" and done:
-        _write_archive(output, done, windows, report)
+    # A shard writes its archive even when empty, so a merge can tell it ran.
+    if mode == "npz" and (done or shard is not None):
+        _write_archive(archive, done, windows, report, net.config.embedding_dim, shard)
     return report
 
 
-def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwrite: bool,
-          report: RunReport) -> list[tuple[Source, Path | None]]:
-    """``(source, output stem)`` for each input to embed; outputs that exist or collide fail."""
-    if mode == "npz":
-        if output.exists() and not overwrite:
-            report.failures.append(f"{output}: exists; pass --overwrite to replace it")
-            return []
-        return [(src, None) for src in sources]
-    tasks, claimed = [], {}
+def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwrite: bool
+          ) -> list[tuple[Path | None, str | None]]:
+    """``(output stem, None)`` or ``(None, reason)`` per input: outputs that exist or collide fail."""
+    planned, claimed = [], {}
     for src in sources:
         stem = output.with_suffix("") if mode == "single" else output / src.rel.with_suffix("")
         files = output_files(stem, windows)
         clash = next((claimed[f] for f in files if f in claimed), None)
         if clash is not None:
-            report.failures.append(f"{src.path}: its output {stem}.npy would also be written for "
-                                   f"{clash}; rename one of them, or use --format npz")
+            planned.append((None, f"{src.path}: its output {stem}.npy would also be written for "
+                                  f"{clash}; rename one of them, or use --format npz"))
             continue
+        # Claimed even when it exists and is not overwritten, so that which input owns a name
+        # does not depend on what an earlier run (or another shard) has written.
+        claimed.update((f, src.path) for f in files)
         existing = [f for f in files if f.exists()]
         if existing and not overwrite:
-            report.failures.append(f"{existing[0]}: exists; pass --overwrite to replace it "
-                                   f"(input {src.path})")
+            planned.append((None, f"{existing[0]}: exists; pass --overwrite to replace it "
+                                  f"(input {src.path})"))
             continue
-        claimed.update((f, src.path) for f in files)
-        tasks.append((src, stem))
-    return tasks
+        planned.append((stem, None))
+    return planned
 
 
 def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunReport) -> None:
@@ -325,7 +324,7 @@ def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunRepor
     files = output_files(stem, windows)
     try:
         for path, array in zip(files, arrays):
-            _save_npy(path, array)
+            save_npy(path, array)
     except OSError as exc:
         report.failures.append(f"{res.name}: cannot write {exc.filename or stem}: "
                                f"{exc.strerror or exc}")
@@ -334,18 +333,18 @@ def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunRepor
     report.outputs.extend(files)
 
 
-def _write_archive(output: Path, done: list, windows: bool, report: RunReport) -> None:
-    arrays = {
-        "names": np.array([os.fspath(src.path) for src, _ in done]),
-        "embeddings": np.stack([res.embedding for _, res in done]),
-    }
-    if windows:
-        counts = [res.window_embeddings.shape[0] for _, res in done]
-        arrays["window_embeddings"] = np.concatenate([res.window_embeddings for _, res in done])
-        arrays["timestamps"] = np.concatenate([res.timestamps for _, res in done])
-        arrays["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
+                   shard: Shard | None) -> None:
+    results = [res for _, res, _ in done]
+    arrays = archive_arrays(
+        [os.fspath(src.path) for src, _, _ in done], [res.embedding for res in results], dim,
+        [res.window_embeddings for res in results] if windows else None,
+        [res.timestamps for res in results] if windows else None)
+    if shard is not None:
+        arrays["indices"] = np.array([pos for _, _, pos in done], dtype=np.int64)
+        arrays["shard"] = np.array([shard.index, shard.count], dtype=np.int64)
     try:
-        atomic_write(output, lambda f: np.savez(f, **arrays))
+        save_archive(output, arrays)
     except OSError as exc:
         report.failures.append(f"{output}: cannot write: {exc.strerror or exc}")
         return
