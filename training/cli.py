@@ -10,8 +10,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Subcommand modules are imported here, not at the top, so one broken or missing
-    # optional dependency does not take the whole CLI down.
+    # Each subcommand lives with the code it drives; this module only collects them.
     from training.corpus.cli import corpus
     main.add_command(corpus)
     from training.commands import cache, export, train
@@ -20,6 +19,8 @@ def _register() -> None:
     from training.evaluation.cli import evaluate, evaluate_report
     main.add_command(evaluate)
     main.add_command(evaluate_report)
+    from training.model_card import model_card
+    main.add_command(model_card)
 
 
 _register()

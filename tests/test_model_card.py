@@ -1,0 +1,57 @@
+"""The model card generator: spliced blocks, log summaries, and the staleness check."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from training.model_card import model_card, splice, summarize_log
+
+
+def _log(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _row(step, loss, seen, elapsed):
+    return {"step": step, "loss": loss, "active": 0.5, "d_ap": 0.2, "d_an": 0.4,
+            "triplets_per_s": 10.0, "lr": 1e-4, "samplers": {"translation": 32},
+            "triplets_seen": seen, "elapsed_s": elapsed}
+
+
+def test_splice_replaces_only_the_marked_block():
+    card = "head\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n"
+    assert splice(card, "results", "new") == "head\n<!-- results:start -->\nnew\n<!-- results:end -->\ntail\n"
+
+
+def test_summary_totals_and_tail_means(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    _log(log, [_row(1, 0.1, 32, 3.0), _row(2, 0.05, 64, 6.0), _row(3, 0.03, 96, 9.6)])
+    s = summarize_log(log, last=2)
+    assert s["steps"] == 3 and s["triplets_seen"] == 96
+    assert s["triplets_by_sampler"] == {"translation": 96}
+    assert s["last_2_log_lines"]["loss"] == pytest.approx(0.04)
+    assert s["mean_triplets_per_s"] == 10.0
+
+
+def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    log = tmp_path / "train_log.jsonl"
+    _log(log, [_row(1, 0.1, 32, 3.0)])
+    card = tmp_path / "CARD.md"
+    card.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- training:start -->\n"
+                    "<!-- training:end -->\n")
+    monkeypatch.setattr("training.model_card.load_results", lambda p: {"path": str(p)})
+    monkeypatch.setattr("training.model_card.render", lambda rs: f"TABLE {len(rs)}")
+    summary = tmp_path / "summary.json"
+    runner = CliRunner()
+    args = ["--results", str(results), "--train-summary", str(summary), "--card", str(card)]
+    r = runner.invoke(model_card, args + ["--run-log", str(log), "--hardware", "test CPU"])
+    assert r.exit_code == 0, r.output
+    text = card.read_text()
+    assert "TABLE 1" in text and "| triplets seen | 32 (translation 32) |" in text and "test CPU" in text
+    assert runner.invoke(model_card, args + ["--check"]).exit_code == 0
+    card.write_text(text.replace("TABLE 1", "TABLE typed by hand"))
+    stale = runner.invoke(model_card, args + ["--check"])
+    assert stale.exit_code == 1 and "stale" in stale.output
