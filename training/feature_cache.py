@@ -45,6 +45,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from audioembed import frontend
+from audioembed.audio_io import AUDIO_EXTENSIONS
 
 CACHE_FORMAT = 1
 CACHE_SCALE = 2.0 ** -8
@@ -52,7 +53,6 @@ FP16_MAX = float(np.finfo(np.float16).max)
 META_NAME = "cache.json"
 FAILURES_NAME = "failures.json"
 SHARD_FRAMES = 1 << 20  # 128 MiB of fp16 per shard: ~2.9 h of audio
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 LABEL_SEPARATOR = ";"
 # Frames computed per STFT call, so an hour-long file does not need a 1 GB complex spectrogram.
 CHUNK_FRAMES = 6000
@@ -93,7 +93,7 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
     root_dir = Path(root) if root is not None else None
     if manifest.is_dir():
         base = manifest
-        files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
         out = []
         for i, p in enumerate(files):
             key = p.relative_to(base).as_posix()

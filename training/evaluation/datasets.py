@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audioembed.audio_io import AUDIO_EXTENSIONS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_ROOT = REPO_ROOT.parent / "shared"
 FSDD_ENV = "AUDIOEMBED_FSDD"
@@ -36,7 +38,6 @@ DEBIAN_LABELS = REPO_ROOT / "training" / "recipes" / "debian" / "labeled.csv"
 DEBIAN_LABELS_FALLBACK = SHARED_ROOT / "corpus" / "labeled.csv"
 DEBIAN_CORPUS_DEFAULT = Path("~/.cache/audioembed/corpus/debian")
 ESC50_URL = "https://github.com/karolpiczak/ESC-50"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
 
@@ -262,7 +263,7 @@ def _audio_index(folder: Path) -> dict[str, str]:
     for dirpath, _, files in os.walk(folder):
         for name in files:
             stem, ext = os.path.splitext(name)
-            if ext.lower() in AUDIO_EXTENSIONS:
+            if ext.lower().lstrip(".") in AUDIO_EXTENSIONS:
                 index.setdefault(stem, os.path.join(dirpath, name))
     return index
 
