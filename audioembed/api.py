@@ -108,7 +108,22 @@ def collect_features(chunks: Iterable[FeatureChunk]) -> Iterator[tuple[int, str,
                                                 np.concatenate([c.timestamps for c in got]))
 
 
-def _forward(model: AudioResNet, x: torch.Tensor) -> np.ndarray:
+BACKENDS = ("torch", "onnx")
+
+
+def resolve_backend(model, device, backend: str):
+    """The network ``iter_embeddings`` runs: a torch model, or (``"onnx"``) an onnxruntime one."""
+    if backend == "torch":
+        return resolve_model(model, device)
+    if backend == "onnx":
+        from audioembed.onnx_backend import onnx_model
+        return onnx_model(model, device)
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _forward(model, x: torch.Tensor) -> np.ndarray:
+    if not isinstance(model, torch.nn.Module):  # e.g. onnx_backend.OnnxModel
+        return model(x)
     device = next(model.parameters()).device
     x = x.unsqueeze(1).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -118,6 +133,9 @@ def _forward(model: AudioResNet, x: torch.Tensor) -> np.ndarray:
 def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[ItemResult]:
     """Embed the windows of many inputs in shared batches; yield each input's result in order.
+
+    ``model``: an AudioResNet, or any callable from ``(B, 96, 64)`` windows to ``(B, D)``
+    embeddings (see :func:`resolve_backend`).
 
     Batches are filled with windows as they come, from one input's chunks and then the next
     input's, so small files do not waste batch slots and a long file never waits whole in
@@ -196,7 +214,8 @@ def _is_single(audio) -> bool:
 
 def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
           hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
-          device: str | torch.device | None = None, windows: bool = False, progress: bool = False):
+          device: str | torch.device | None = None, windows: bool = False, progress: bool = False,
+          backend: str = "torch"):
     """Embed audio with the paper's frontend and network.
 
     Args:
@@ -211,6 +230,10 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         device: where the model runs (default CPU).
         windows: also return per-window embeddings and their timestamps (window centres, s).
         progress: a tqdm progress bar over inputs on stderr.
+        backend: ``"torch"``, or ``"onnx"`` to run the network with onnxruntime (CPU; needs
+            ``pip install 'audioembed[onnx]'``). With ``"onnx"``, ``model`` may also be an
+            ``.onnx`` file from ``audioembed export-onnx``; any other model is exported in
+            memory once per process.
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
@@ -224,7 +247,7 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     items = [audio] if single else list(audio)
     if not items:
         raise ValueError("embed() got an empty list of inputs")
-    net = resolve_model(model, device)
+    net = resolve_backend(model, device, backend)
     feats = iter_features(items, sr, hop)
     results = iter_embeddings(feats, net, batch_size)
     if progress:

@@ -15,7 +15,6 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audioembed import frontend
 
 
 class AudioError(ValueError):

@@ -135,6 +135,38 @@ def merge(shard_files, output, overwrite):
     click.echo(f"merged {n_inputs} inputs from {n_shards} shards -> {output}", err=True)
 
 
+@main.command("export-onnx")
+@click.argument("output", type=click.Path(path_type=str), metavar="OUT.onnx")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def export_onnx(output, model, overwrite):
+    """Export the network to ONNX: log_mel (batch, 96, 64) in, embedding (batch, 128) out.
+
+    \b
+    The batch dimension is dynamic; the frontend is not in the graph (embed(...,
+    backend="onnx", model="OUT.onnx") runs it in Python). Needs the optional packages:
+    pip install 'audioembed[onnx]'. When onnxruntime is installed the export is checked
+    against torch on random windows and the largest difference printed.
+    Exit status: 0 exported; 1 the ONNX packages are missing; 2 usage error (bad model).
+    """
+    from audioembed import onnx_backend
+
+    if os.path.exists(output) and not overwrite:
+        raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
+    try:
+        net = extract_mod.load_model_for_cli(model, None)
+    except extract_mod.UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        diff = onnx_backend.export_and_check(net, output)
+    except ImportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    check = ("not checked (onnxruntime is not installed)" if diff is None
+             else f"max |onnxruntime - torch| = {diff:.2e}")
+    click.echo(f"exported {output}; {check}", err=True)
+
+
 def model_info(model: str | None) -> tuple[dict, str | None]:
     """What ``info`` prints, and why the model could not be loaded (None when it loaded).
 

@@ -197,7 +197,8 @@ def _check_options(hop: float, batch_size: int, device: str | None) -> None:
 MODEL_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
-def _load_model(model, device: str | None):
+def load_model_for_cli(model, device: str | None):
+    """``model`` loaded, or a UsageError naming ``--model`` and why it cannot be."""
     try:
         return api.resolve_model(model, device)
     except MODEL_LOAD_ERRORS as exc:
@@ -268,7 +269,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                 tasks.append((sources[i], stem, i))
     if not tasks and not (mode == "npz" and shard is not None):
         return report
-    net = _load_model(model, device)
+    net = load_model_for_cli(model, device)
     features = api.iter_features([t[0].path for t in tasks], None, hop)
     bar = _progress(len(tasks), progress, shard)
     done = []

@@ -17,15 +17,11 @@ the least disturbed by other processes on a shared machine; the load average is 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-# Run from a source checkout without installing: the package is the script's parent's sibling.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
 
 import numpy as np
 import soundfile as sf
@@ -36,21 +32,6 @@ from audioembed.api import DEFAULT_BATCH_SIZE, resolve_model
 from audioembed.audio_io import load_waveform
 
 
-def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times of each function over ``repeats`` rounds, the functions alternating.
-
-    Alternating (rather than timing one function's runs, then the other's) exposes both to the
-    same background load, so a burst from another process does not bias the ratio.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="clip length (default 60)")
@@ -59,7 +40,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     args = ap.parse_args()
 
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +79,7 @@ def main() -> None:
         # load-robust estimate next to the ratio of the two best times.
         paired = statistics.median(f / e for f, e in zip(times["fwd"], times["e2e"]))
 
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average {load} (before: {load_before})")
+    print(machine_line(load_before))
     print(f"clip: {args.seconds:g} s at {args.sr} Hz -> {n_windows} windows, batch size {args.batch_size}, "
           f"best of {args.repeats}")
     print(f"end-to-end embed(): {n_windows / e2e:8.1f} windows/s  ({e2e * 1e3:.1f} ms)")

@@ -1,0 +1,141 @@
+"""The network as ONNX: export (``audioembed export-onnx``) and inference with onnxruntime.
+
+The graph is the network only, like ``AudioResNet.forward``: log-mel windows ``log_mel``
+``(batch, 96, 64)`` float32 in, unit-norm ``embedding`` ``(batch, 128)`` out, the batch
+dimension dynamic. The frontend stays in Python (``embed(..., backend="onnx")``). The model's
+source, sha256 and the frontend constants are stored as ONNX metadata.
+
+Optional packages (``pip install 'audioembed[onnx]'``): onnxruntime to run, onnx and
+onnxscript (torch's ONNX exporter) to export. They are imported only when used.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audioembed import frontend
+from audioembed.model import AudioResNet
+from audioembed.outputs import atomic_write
+
+INPUT_NAME = "log_mel"
+OUTPUT_NAME = "embedding"
+EXTRA = "pip install 'audioembed[onnx]'"
+
+
+def require(module: str, purpose: str):
+    """Import an optional dependency, or raise ImportError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{purpose} needs the optional package {module!r}: {EXTRA}") from exc
+
+
+def export_bytes(model: AudioResNet) -> bytes:
+    """The serialized ONNX model of ``model`` (fp32, CPU, eval mode; dynamic batch)."""
+    require("onnxscript", "exporting to ONNX")
+    require("onnx", "exporting to ONNX")
+    # A copy: exporting must not move, cast or re-mode the caller's network.
+    net = copy.deepcopy(model).float().cpu().eval()
+    example = torch.zeros(2, frontend.WINDOW_FRAMES, frontend.N_MELS)
+    # The exporter logs that torchvision's detection ops are skipped (we use none) and warns
+    # about its own pytree internals: nothing a caller can act on.
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            program = torch.onnx.export(
+                net, (example,), None, dynamo=True, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False)
+    finally:
+        registry_log.setLevel(level)
+    proto = program.model_proto
+    info = getattr(model, "info", {}) or {}
+    meta = {"producer": "audioembed", "source": info.get("source"), "sha256": info.get("sha256"),
+            "model_config": json.dumps(model.config.to_dict()),
+            "frontend": json.dumps(frontend.config())}
+    for key, value in meta.items():
+        if value is not None:
+            proto.metadata_props.add(key=key, value=str(value))
+    return proto.SerializeToString()
+
+
+def export(model: AudioResNet, path: str | os.PathLike) -> Path:
+    """Write ``model`` as ONNX to ``path`` (atomically)."""
+    path = Path(path)
+    data = export_bytes(model)
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+class OnnxModel:
+    """An ONNX embedding network under onnxruntime; called on ``(B, 96, 64)`` windows it returns
+    ``(B, D)`` float32 embeddings, so ``api.iter_embeddings`` takes it in place of a torch model."""
+
+    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None):
+        ort = require("onnxruntime", 'backend="onnx"')
+        opts = ort.SessionOptions()
+        # As many threads as torch uses, so the two backends compare like for like.
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        source = model if isinstance(model, bytes) else os.fspath(model)
+        self.session = ort.InferenceSession(source, sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        outputs = self.session.get_outputs()
+        self.embedding_dim = int(outputs[0].shape[-1])
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, windows: torch.Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(windows.detach().cpu().numpy(), dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+_FILES: dict[str, OnnxModel] = {}
+_EXPORTED: "weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]" = weakref.WeakKeyDictionary()
+
+
+def onnx_model(model, device=None) -> OnnxModel:
+    """An :class:`OnnxModel` for ``embed(model=..., backend="onnx")``: an ``.onnx`` file, or any
+    model ``load_model`` knows (or a loaded one), exported in memory once per process."""
+    if isinstance(model, OnnxModel):
+        return model
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f'backend="onnx" runs on the CPU (onnxruntime); got device={device!r}')
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
+        key = os.path.realpath(model)
+        if key not in _FILES:
+            _FILES[key] = OnnxModel(model)
+        return _FILES[key]
+    from audioembed.api import resolve_model
+
+    net = resolve_model(model, None)  # loads are cached there, so a name exports once
+    if net not in _EXPORTED:
+        _EXPORTED[net] = OnnxModel(export_bytes(net))
+    return _EXPORTED[net]
+
+
+def export_and_check(model: AudioResNet, path: str | os.PathLike, batch: int = 3,
+                     seed: int = 0) -> float | None:
+    """Export, then the largest difference between onnxruntime and torch on random windows
+    (None when onnxruntime is not installed)."""
+    export(model, path)
+    try:
+        runner = OnnxModel(path)
+    except ImportError:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frontend.WINDOW_FRAMES, frontend.N_MELS, generator=g) - 4.0
+    with torch.inference_mode():
+        want = model(x).numpy()
+    return float(np.abs(runner(x) - want).max())
+

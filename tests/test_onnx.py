@@ -1,0 +1,85 @@
+"""ONNX export and ``embed(..., backend="onnx")``: parity with torch (skipped without onnxruntime)."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from audioembed import embed, load_model
+from audioembed.cli import main
+
+TOL = 1e-4
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    res = cli("export-onnx", out, "--model", tiny_model_dir)
+    assert res.exit_code == 0, res.output
+    assert "max |onnxruntime - torch|" in res.stderr
+    return out
+
+
+def test_graph_has_a_dynamic_batch_and_metadata(exported, tiny_model_dir):
+    import onnx
+
+    m = onnx.load(exported)
+    [inp], [out] = m.graph.input, m.graph.output
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert inp.name == "log_mel" and dims(inp)[1:] == [96, 64] and isinstance(dims(inp)[0], str)
+    assert out.name == "embedding" and dims(out)[1:] == [128] and dims(out)[0] == dims(inp)[0]
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["sha256"] == load_model(tiny_model_dir).info["sha256"]
+    assert '"n_mels": 64' in meta["frontend"]
+
+
+@pytest.mark.parametrize("batch", [1, 5, 33])
+def test_onnxruntime_matches_torch(exported, tiny_model_dir, batch):
+    from audioembed.onnx_backend import OnnxModel
+
+    net = load_model(tiny_model_dir)
+    x = torch.randn(batch, 96, 64, generator=torch.Generator().manual_seed(batch)) - 4
+    with torch.inference_mode():
+        want = net(x).numpy()
+    got = OnnxModel(exported)(x)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= TOL
+
+
+def test_embed_with_the_onnx_backend(exported, tiny_model_dir, make_wav):
+    clips = [make_wav(f"c{i}.wav", seconds=s, seed=i) for i, s in enumerate([0.5, 3.2, 1.9])]
+    want = embed(clips, model=tiny_model_dir, windows=True)
+    for model in (exported, tiny_model_dir):  # an .onnx file, or a model exported in memory
+        got = embed(clips, model=model, windows=True, backend="onnx", batch_size=4)
+        assert np.abs(got.embedding - want.embedding).max() <= TOL
+        for a, b in zip(got.window_embeddings, want.window_embeddings):
+            assert np.abs(a - b).max() <= TOL
+    with pytest.raises(ValueError, match="CPU"):
+        embed(clips[0], model=exported, backend="onnx", device="cuda")
+
+
+def test_unknown_backend(tiny_model_dir, make_wav):
+    with pytest.raises(ValueError, match="backend must be one of torch, onnx"):
+        embed(make_wav("a.wav"), model=tiny_model_dir, backend="tensorrt")
+
+
+def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, make_wav, tmp_path, monkeypatch):
+    for name in ("onnxruntime", "onnxscript", "onnx"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import name` then raises: not installed
+    from audioembed import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "_FILES", {})
+    with pytest.raises(ImportError, match=r"needs the optional package 'onnxruntime': pip install 'audioembed\[onnx\]'"):
+        embed(make_wav("a.wav"), model=tmp_path / "m.onnx", backend="onnx")
+    res = cli("export-onnx", tmp_path / "m.onnx", "--model", tiny_model_dir)
+    assert res.exit_code == 1 and "audioembed[onnx]" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
