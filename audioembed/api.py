@@ -13,6 +13,7 @@ import torch
 from audioembed import frontend
 from audioembed.audio_io import SilentAudioWarning, silence_message
 from audioembed.model import AudioResNet
+from audioembed.pipeline import ordered_chunks
 from audioembed.streaming import FeatureChunk, input_chunks
 
 DEFAULT_BATCH_SIZE = 64
@@ -82,15 +83,21 @@ def item_name(item, index: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
 
 
-def iter_features(items: Iterable, sr: int | None, hop: float) -> Iterator[FeatureChunk]:
+def iter_features(items: Iterable, sr: int | None, hop: float, workers: int = 0
+                  ) -> Iterator[FeatureChunk]:
     """The log-mel windows of each input, as :class:`FeatureChunk` s in input order.
 
     Files are read in blocks (see ``audioembed.streaming``), so a long file is never held whole;
-    a bad input gives a chunk holding its AudioError and the others go on.
+    a bad input gives a chunk holding its AudioError and the others go on. ``workers`` threads
+    compute them ahead of the caller (``audioembed.pipeline``); the chunks are the same.
     """
     hop_frames = frontend.hop_frames(hop)
-    for i, item in enumerate(items):
-        yield from input_chunks(i, item, sr, hop_frames, item_name(item, i))
+    items = list(items)
+
+    def chunks_of(i: int) -> Iterator[FeatureChunk]:
+        return input_chunks(i, items[i], sr, hop_frames, item_name(items[i], i))
+
+    return ordered_chunks(items, chunks_of, workers)
 
 
 def collect_features(chunks: Iterable[FeatureChunk]) -> Iterator[tuple[int, str, Any]]:
@@ -215,7 +222,7 @@ def _is_single(audio) -> bool:
 def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
           hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
           device: str | torch.device | None = None, windows: bool = False, progress: bool = False,
-          backend: str = "torch"):
+          backend: str = "torch", workers: int = 0):
     """Embed audio with the paper's frontend and network.
 
     Args:
@@ -234,6 +241,8 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
             ``pip install 'audioembed[onnx]'``). With ``"onnx"``, ``model`` may also be an
             ``.onnx`` file from ``audioembed export-onnx``; any other model is exported in
             memory once per process.
+        workers: threads that read and analyse inputs while the network runs (0: none).
+            Results do not depend on it.
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
@@ -248,7 +257,7 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     if not items:
         raise ValueError("embed() got an empty list of inputs")
     net = resolve_backend(model, device, backend)
-    feats = iter_features(items, sr, hop)
+    feats = iter_features(items, sr, hop, workers)
     results = iter_embeddings(feats, net, batch_size)
     if progress:
         from tqdm.auto import tqdm

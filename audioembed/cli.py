@@ -36,12 +36,15 @@ def main() -> None:
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Threads that decode and analyse files while the network runs (0: none). "
+                   "Outputs do not depend on it.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
-def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, shard,
-            quiet):
+def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, workers,
+            shard, quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -93,7 +96,7 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
         report = extract_mod.run(
             inputs, output, model=model, hop=hop, batch_size=batch_size,
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
-            overwrite=overwrite, progress=not quiet, shard=part)
+            overwrite=overwrite, progress=not quiet, shard=part, workers=workers)
     except extract_mod.UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     for line in report.warnings:

@@ -173,13 +173,15 @@ def _resolve_mode(output: Path, fmt: str | None) -> str:
     return "dir"
 
 
-def _check_options(hop: float, batch_size: int, device: str | None) -> None:
+def _check_options(hop: float, batch_size: int, device: str | None, workers: int = 0) -> None:
     try:
         frontend.hop_frames(hop)
     except ValueError as exc:
         raise UsageError(f"--hop: {exc}") from exc
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(workers, int) and workers >= 0):
+        raise UsageError(f"--workers must be a non-negative integer, got {workers!r}")
     if device is None:
         return
     try:
@@ -218,7 +220,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = api.DEFAULT_BATCH_SIZE,
         device: str | None = None, fmt: str | None = None, windows: bool = False,
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
-        shard: Shard | None = None) -> RunReport:
+        shard: Shard | None = None, workers: int = 1) -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
 
     Output layout (``fmt`` None infers it from ``output``: ``.npz`` -> npz, otherwise npy):
@@ -233,6 +235,9 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     ``window_embeddings`` (W, 128), ``timestamps`` (W,) and ``offsets`` (N + 1,): input i's
     windows are rows ``offsets[i]:offsets[i + 1]``.
 
+    ``workers`` threads read and analyse the files while the network runs (0: none); the
+    outputs do not depend on it.
+
     With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
     their usual files; npz: ``OUT.shard-K-of-N.npz``, see ``audioembed.shards``).
 
@@ -243,7 +248,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         raise UsageError("no inputs given")
     output = Path(output)
     mode = _resolve_mode(output, fmt)
-    _check_options(hop, batch_size, device)
+    _check_options(hop, batch_size, device, workers)
     sources, failures = expand_inputs(inputs, recursive)
     if mode == "single" and len(sources) > 1:
         raise UsageError(f"-o {output} holds one embedding, but the inputs name {len(sources)} "
@@ -270,7 +275,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     if not tasks and not (mode == "npz" and shard is not None):
         return report
     net = load_model_for_cli(model, device)
-    features = api.iter_features([t[0].path for t in tasks], None, hop)
+    features = api.iter_features([t[0].path for t in tasks], None, hop, workers)
     bar = _progress(len(tasks), progress, shard)
     done = []
     try:

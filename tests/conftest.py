@@ -46,3 +46,16 @@ def make_wav(tmp_path):
     def make(name: str, samples: np.ndarray | None = None, **kwargs) -> Path:
         return write_wav(tmp_path / name, samples, **kwargs)
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test, as torchrun's workers run (OMP_NUM_THREADS=1).
+
+    Runs being compared then do the same convolutions; and on a loaded 2-core machine many small
+    forward passes are far faster on one thread (no OpenMP barrier waits on a busy core).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,16 +32,6 @@ def folder(make_wav, tmp_path):
     return tmp_path / "in"
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as torchrun's workers have (OMP_NUM_THREADS=1), so every run does the
-    same convolutions; also, on a loaded 2-core machine many small forwards are far faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
