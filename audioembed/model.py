@@ -7,7 +7,7 @@ The frontend is not part of ``forward()``: the input is log-mel windows
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from audioembed import frontend
 from audioembed.model import AudioResNet, ModelConfig
+from audioembed.outputs import atomic_write
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -38,17 +38,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance: dict | None = None,
@@ -76,9 +65,9 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
         "frontend": frontend.config(),
         "provenance": provenance or {},
     }
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME,
-                  lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    atomic_write(folder / CONFIG_NAME,
+                 lambda f: f.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode()))
     return folder
 
 

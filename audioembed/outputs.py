@@ -17,10 +17,11 @@ import numpy as np
 WINDOW_KEYS = ("window_embeddings", "timestamps", "offsets")
 
 
-def atomic_write(path: Path, write: Callable) -> None:
+def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
     """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place.
 
-    A crash or a full disk leaves the old file (or none), never a partial one.
+    A crash or a full disk leaves the old file (or none), never a partial one. ``fsync``
+    also flushes the data to disk before the rename, for files a resume relies on.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -29,6 +30,9 @@ def atomic_write(path: Path, write: Callable) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

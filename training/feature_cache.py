@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import numpy as np
 
 from audioembed import frontend
 from audioembed.audio_io import AUDIO_EXTENSIONS
+from audioembed.outputs import atomic_write
 
 CACHE_FORMAT = 1
 CACHE_SCALE = 2.0 ** -8
@@ -192,16 +192,7 @@ def _process(path: str) -> tuple[np.ndarray | None, int, str | None]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), fsync=True)
 
 
 class CacheWriter:

@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ import torch
 
 from audioembed import frontend
 from audioembed.model import AudioResNet, ModelConfig
+from audioembed.outputs import atomic_write
 from training import distributed
 from training.config import TrainConfig
 from training.feature_cache import FeatureCache
@@ -128,14 +128,7 @@ def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 def param_checksum(model: torch.nn.Module) -> str:

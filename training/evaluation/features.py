@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from audioembed import frontend
+from audioembed.outputs import atomic_write
 from audioembed.api import (DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features,
                             resolve_model)
 
@@ -86,15 +86,8 @@ def cache_path(cache_dir: Path, model: dict, dataset: LabeledDataset, hop: float
 
 
 def _save(path: Path, we: WindowEmbeddings) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, emb=we.emb, seg=we.seg, kept=we.kept, errors=np.array(we.errors, dtype=str))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, emb=we.emb, seg=we.seg, kept=we.kept,
+                                          errors=np.array(we.errors, dtype=str)))
 
 
 def _load(path: Path, n_segments: int) -> WindowEmbeddings | None:
