@@ -59,3 +59,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+UNRELEASED = "unreleased-test-model"
+
+
+@pytest.fixture
+def unreleased_model(monkeypatch) -> str:
+    """A registry name whose weights are not released (as the default was before its release)."""
+    from audioembed import registry
+
+    entry = registry.PretrainedModel(
+        name=UNRELEASED, source=f"bundled:{UNRELEASED}", sha256=None, license="test",
+        paper=registry.PAPER, description="registered, weights not released")
+    monkeypatch.setitem(registry._REGISTRY, UNRELEASED, entry)
+    return UNRELEASED

@@ -249,14 +249,11 @@ def test_info(tiny_model_dir):
     assert info["frontend"] == json.loads(json.dumps(frontend.config()))
 
 
-def test_info_default_model_without_weights():
-    from audioembed.registry import DEFAULT_MODEL, get
-    if get(DEFAULT_MODEL).sha256 is not None:
-        pytest.skip("the default model's weights are released")
-    res = cli("info")
+def test_info_registered_model_without_weights(unreleased_model):
+    res = cli("info", "--model", unreleased_model)
     assert res.exit_code == 1
     info = json.loads(res.stdout)
-    assert info["model"] == DEFAULT_MODEL and info["weights"] == "missing or unloadable"
+    assert info["model"] == unreleased_model and info["weights"] == "missing or unloadable"
     assert info["registry"]["license"] and info["frontend"]["n_mels"] == frontend.N_MELS
     assert "not released" in res.stderr
     assert cli("info", "--model", "no-such-model").exit_code == 2
@@ -268,3 +265,19 @@ def test_python_dash_m(tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr
     assert "Usage: audioembed extract" in res.stdout and "--windows" in res.stdout
+
+
+FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+
+
+def test_extract_with_the_bundled_default_model(tmp_path):
+    # The acceptance command: `audioembed extract X.wav -o e.npy`, no --model.
+    clip = FSDD / "3_jackson_0.wav"
+    if not clip.is_file():
+        pytest.skip(f"FSDD not found at {FSDD}")
+    out = tmp_path / "e.npy"
+    res = cli("extract", clip, "-o", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    e = np.load(out)
+    assert e.shape == (128,)
+    assert_unit(e)

@@ -150,9 +150,9 @@ def test_model_folder_path_and_instance_agree(model, clips, tmp_path):
     np.testing.assert_allclose(by_path, embed(clips[:3], sr=SR, model=model), atol=5e-3)
 
 
-def test_default_model_is_not_available_yet(clips):
+def test_unreleased_model_says_how_to_get_weights(clips, unreleased_model):
     with pytest.raises(ModelNotAvailableError, match="model folder"):
-        embed(clips[0], sr=SR)
+        embed(clips[0], sr=SR, model=unreleased_model)
 
 
 def test_a_model_in_training_mode_is_used_in_eval_mode():

@@ -234,12 +234,13 @@ def test_hub_name_parsing():
     assert parse_hub_name("hf-hub:org/repo") == ("org/repo", None)
 
 
-def test_not_released_default_is_not_fetched(monkeypatch):
+def test_bundled_and_unreleased_models_never_touch_the_hub(monkeypatch, unreleased_model):
     import huggingface_hub
 
     def no_network(*a, **k):
-        raise AssertionError("the default model must not touch the Hub")
+        raise AssertionError("a registry model must not touch the Hub")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     with pytest.raises(ModelNotAvailableError):
-        load_model()
+        load_model(unreleased_model)
+    assert load_model().info["source"].startswith("registry:")

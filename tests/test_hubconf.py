@@ -33,9 +33,12 @@ def test_load_a_model_folder(tiny_model_dir):
         torch.testing.assert_close(net(x), want(x), rtol=0, atol=0)
 
 
-def test_default_model_is_not_released_yet():
-    with pytest.raises(ModelNotAvailableError, match="not released"):
-        torch.hub.load(REPO, "triplet_resnet50_joint", source="local")
+def test_default_model_is_the_bundled_release():
+    from audioembed import registry
+
+    net = torch.hub.load(REPO, "triplet_resnet50_joint", source="local")
+    assert isinstance(net, AudioResNet) and not net.training
+    assert net.info["sha256"] == registry.get(registry.DEFAULT_MODEL).sha256
 
 
 def test_untrained_network():

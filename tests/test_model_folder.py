@@ -178,15 +178,23 @@ def test_broken_folders_fail_with_model_format_error(folder, tmp_path, breakage,
         load_model_folder(folder)
 
 
-def test_default_model_is_not_available_and_says_how_to_get_weights():
-    assert registry.DEFAULT_MODEL in list_models()
+def test_unreleased_model_is_not_available_and_says_how_to_get_weights(unreleased_model):
     with pytest.raises(ModelNotAvailableError) as err:
-        load_model()
+        load_model(unreleased_model)
     msg = str(err.value)
-    assert registry.DEFAULT_MODEL in msg and "not released" in msg
+    assert unreleased_model in msg and "not released" in msg
     assert "model folder" in msg and "hf-hub:org/repo" in msg and "export" in msg
-    with pytest.raises(ModelNotAvailableError):
-        load_model(registry.DEFAULT_MODEL)
+
+
+def test_default_model_is_bundled_and_checked_against_its_sha256():
+    entry = registry.get(registry.DEFAULT_MODEL)
+    assert registry.DEFAULT_MODEL in list_models() and entry.sha256
+    model = load_model()
+    assert model.info["sha256"] == entry.sha256 and model.info["source"] == f"registry:{entry.name}"
+    assert model.config.layers == (3, 4, 6, 3) and model.config.embedding_dim == 128
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    prov = model.info["config"]["provenance"]
+    assert prov["triplets_seen"] > 0 and prov["data_manifest_sha256"]
 
 
 def test_list_models():
