@@ -134,7 +134,11 @@ def _forward(model, x: torch.Tensor) -> np.ndarray:
     device = next(model.parameters()).device
     x = x.unsqueeze(1).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return model(x).float().cpu().numpy()
+        out = model(x).float().cpu()
+    # Copied once the activations are freed: the network's own output tensor is allocated
+    # while they still fill the heap, above them, and kept alive it pins the heap's top so
+    # the freed space cannot be reused: peak memory crept up by ~130 MB over an hour of audio.
+    return out.numpy().copy()
 
 
 def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,

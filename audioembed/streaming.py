@@ -2,7 +2,8 @@
 
 Each stage keeps only the overlap the next block needs, so memory does not grow with the
 length of the input, and the output equals the whole-signal computation
-(``frontend.log_mel_windows(audio_io.load_waveform(x))``) up to float rounding:
+(``frontend.log_mel_windows(audio_io.load_waveform(x))``): the resampler to the bit, the STFT
+frames up to float rounding of its batched products (to the bit, too, in the tests):
 
 * :class:`BlockResampler`: torchaudio's ``resample`` is a polyphase FIR (one filter phase per
   output sample, a stride of ``orig`` input samples per ``new`` outputs). Every output group
@@ -27,8 +28,10 @@ from audioembed import frontend
 from audioembed.audio_io import AudioError, AudioSource, SampleChecker, _check_rate
 
 # Seconds of audio decoded per block. Output does not depend on it; memory and the number of
-# windows handed on at a time (about BLOCK_SECONDS / hop) do.
-BLOCK_SECONDS = 20
+# windows handed on at a time (about BLOCK_SECONDS / hop) do. Blocks of 20 s (about 30 MB
+# of transient buffers for 44.1 kHz stereo) measured ~40 MB more peak RSS on a long file than
+# 5 s, for no gain in speed.
+BLOCK_SECONDS = 5
 
 
 # Output samples the resampler computes per matrix product. See BlockResampler.

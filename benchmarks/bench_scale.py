@@ -1,0 +1,234 @@
+"""Memory and throughput at scale: a long file, a folder of many clips, two shards.
+
+    python benchmarks/bench_scale.py [--threads 1] [--long-minutes 60] [--clips 500]
+
+With a randomly initialised ResNet-50 saved as a release-format model folder, it prints:
+
+1. RSS of a fresh process that embeds a ``--long-minutes`` file, next to ones that embed a
+   1- and a 5-minute file (each its own subprocess, reading /proc/self/status and ``ru_maxrss``): after
+   import, after loading the model, the peak while embedding (high-water mark reset after the
+   load) and the whole process's peak. Files are 44.1 kHz stereo 16-bit WAV, so decoding,
+   downmixing and resampling are all exercised. Targets: the long file's embedding peak above
+   the freshly imported process < model size + 300 MB; long minus 1-minute < 100 MB.
+2. Throughput over ``--clips`` five-second clips (44.1 kHz, generated here): ``extract`` end to
+   end (files found, read, resampled, framed, embedded, npz written) with 1 feature worker and
+   with none, against the model alone on the same windows, in the same run, alternating
+   rounds; windows/s, the ratio (target >= 0.9) and the real-time factor.
+3. The same folder through ``audioembed extract`` as one process and as two ``--shard``
+   processes at once (wall time, process start and model load included).
+
+Each process uses ``--threads`` intra-op threads (shards: one each). The machine's load
+average is printed before and after: on a shared machine the figures are only indicative.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SR = 44100
+MB = 2 ** 20
+
+
+def write_noise_wav(path: Path, seconds: float, sr: int = SR, channels: int = 2, seed: int = 0) -> None:
+    """Tones in noise, written a minute at a time so the benchmark itself stays small."""
+    rng = np.random.default_rng(seed)
+    n, step = int(seconds * sr), 60 * sr
+    with sf.SoundFile(path, "w", sr, channels, subtype="PCM_16") as f:
+        for a in range(0, n, step):
+            t = np.arange(a, min(n, a + step)) / sr
+            tone = 0.2 * np.sin(2 * np.pi * (220 + 20 * (a // step % 7)) * t)
+            block = tone[:, None] + 0.05 * rng.standard_normal((len(t), channels))
+            f.write(block.astype(np.float32))
+
+
+def proc_status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"/proc/self/status has no {field}")
+
+
+def child(args) -> None:
+    """In a fresh process: load the model, optionally embed one file; report RSS figures as JSON.
+
+    ``peak_rss_mb`` is the whole process's peak (``ru_maxrss``), model loading included. After
+    loading, the kernel's high-water mark is reset (``/proc/self/clear_refs``), so
+    ``embed_peak_mb`` is the peak while embedding alone.
+    """
+    torch.set_num_threads(args.threads)
+    from audioembed import embed
+    from audioembed.api import resolve_model
+
+    out = {"import_rss_mb": proc_status_mb("VmRSS")}
+    t0 = time.perf_counter()
+    resolve_model(args.model, None)
+    out.update(load_s=time.perf_counter() - t0, loaded_rss_mb=proc_status_mb("VmRSS"))
+    if args.child != "load":
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        t0 = time.perf_counter()
+        r = embed(args.child, model=args.model, windows=True)
+        out.update(windows=int(r.window_embeddings.shape[0]), embed_s=time.perf_counter() - t0,
+                   embed_peak_mb=proc_status_mb("VmHWM"))
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run_child(what: str, model: Path, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", what, "--model", str(model), "--threads", str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"child {what} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def memory(tmp: Path, model: Path, model_mb: float, args) -> None:
+    minutes = [1, 5, args.long_minutes]
+    runs = []
+    for i, m in enumerate(minutes):
+        path = tmp / f"{m:g}min.wav"
+        write_noise_wav(path, m * 60, seed=i)
+        runs.append((m, path.stat().st_size / MB, run_child(str(path), model, args.threads)))
+    one, big = runs[0][2], runs[-1][2]
+    above = big["embed_peak_mb"] - big["import_rss_mb"]
+    growth = big["embed_peak_mb"] - one["embed_peak_mb"]
+    print(f"\n[1] RSS of a fresh process per file (44.1 kHz stereo PCM_16); the model is {model_mb:.0f} MB "
+          f"of fp32 parameters; batch {64}, {args.threads} thread(s)")
+    print(f"  {'':>16} {'after import':>13} {'model loaded':>13} {'peak embedding':>15} {'process peak':>13}")
+    for m, size, r in runs:
+        print(f"  {f'{m:g} min ({size:.0f} MB)':>16} {r['import_rss_mb']:10.0f} MB {r['loaded_rss_mb']:10.0f} MB "
+              f"{r['embed_peak_mb']:12.0f} MB {r['peak_rss_mb']:10.0f} MB   ({r['windows']} windows, "
+              f"{r['windows'] / r['embed_s']:.1f} windows/s)")
+    print(f"  peak embedding the {args.long_minutes:g}-min file, above the imported process: {above:.0f} MB "
+          f"(target < model + 300 = {model_mb + 300:.0f} MB: {'met' if above < model_mb + 300 else 'NOT met'})")
+    print(f"  {args.long_minutes:g}-min minus 1-min, peak embedding: {growth:.0f} MB "
+          f"(target < 100 MB: {'met' if growth < 100 else 'NOT met'}); {args.long_minutes:g}-min minus 5-min: "
+          f"{big['embed_peak_mb'] - runs[1][2]['embed_peak_mb']:.0f} MB")
+
+
+def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
+    from audioembed import extract
+    from audioembed.api import _forward, collect_features, iter_features, resolve_model
+
+    net = resolve_model(model, None)
+    paths = sorted(folder.glob("*.wav"))
+    windows = torch.cat([f[0] for _, _, f in collect_features(iter_features(paths, None, 0.96))])
+    batches = [windows[i:i + 64] for i in range(0, len(windows), 64)]
+    n = len(windows)
+
+    def model_only() -> None:
+        for b in batches:
+            _forward(net, b)
+
+    def e2e(workers: int):
+        def go() -> None:
+            report = extract.run([folder], folder.parent / "e2e.npz", model=model, workers=workers,
+                                 overwrite=True)
+            if report.failures or report.succeeded != len(paths):
+                raise SystemExit(f"extract failed: {report.failures[:3]}")
+        return go
+
+    e2e(1)()  # warm-up: oneDNN kernel choice, file cache
+    times = interleaved_times({"e2e, 1 worker": e2e(1), "e2e, no worker": e2e(0),
+                               "model only": model_only}, args.repeats)
+    fwd = min(times["model only"])
+    print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz -> {n} windows; batch 64; "
+          f"{args.threads} thread(s); best of {args.repeats} alternating rounds")
+    for name, ts in times.items():
+        best = min(ts)
+        ratio = "" if name == "model only" else (
+            f"  ratio {fwd / best:.3f} (best), "
+            f"{statistics.median(f / t for f, t in zip(times['model only'], ts)):.3f} (median per round)")
+        print(f"  {name:>15}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
+              f"({n_audio_s / best:.0f}x real time){ratio}")
+
+
+def shards(folder: Path, model: Path, n_windows: int, args) -> None:
+    def cmd(out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "audioembed.cli", "extract", str(folder), "-o",
+                str(folder.parent / out), "--model", str(model), "-q", "--overwrite", *extra]
+
+    def timed(runs: list[tuple[list[str], int]]) -> float:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(c, env=dict(os.environ, OMP_NUM_THREADS=str(th), PYTHONPATH=str(REPO)))
+                 for c, th in runs]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"extract exited with {codes}")
+        return time.perf_counter() - t0
+
+    configs = {
+        f"1 process, {args.threads} thread(s)": [(cmd("s.npz"), args.threads)],
+        "1 process, 2 threads": [(cmd("s.npz"), 2)],
+        "2 shard processes, 1 thread each": [(cmd("p.npz", "--shard", f"{k}/2"), 1) for k in range(2)],
+    }
+    print(f"\n[3] audioembed extract over the folder as separate processes (start, load, embed, write)")
+    for name, runs in configs.items():
+        wall = timed(runs)
+        print(f"  {name:>34}: {wall:6.1f} s, {n_windows / wall:6.1f} windows/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="intra-op threads of each process (default: torch's)")
+    ap.add_argument("--long-minutes", type=float, default=60.0)
+    ap.add_argument("--clips", type=int, default=500)
+    ap.add_argument("--clip-seconds", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--only", choices=["memory", "throughput", "shards"], action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
+
+    parts = args.only or ["memory", "throughput", "shards"]
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        net = AudioResNet(ModelConfig()).eval()
+        model_mb = sum(p.numel() * 4 for p in net.parameters()) / MB
+        model = save_model_folder(net, tmp / "model", provenance={"note": "random init, benchmark only"})
+        del net
+        if "memory" in parts:
+            memory(tmp, model, model_mb, args)
+        if "throughput" in parts or "shards" in parts:
+            folder = tmp / "clips"
+            folder.mkdir()
+            for i in range(args.clips):
+                write_noise_wav(folder / f"clip{i:04d}.wav", args.clip_seconds, channels=1, seed=100 + i)
+            per_clip = frontend.window_starts(frontend.num_frames(int(args.clip_seconds * frontend.SAMPLE_RATE)),
+                                              frontend.hop_frames())
+            n_windows = args.clips * len(per_clip)
+            if "throughput" in parts:
+                throughput(folder, model, args.clips * args.clip_seconds, args)
+            if "shards" in parts:
+                shards(folder, model, n_windows, args)
+    print(f"\n{machine_line(load_before)}; total {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
