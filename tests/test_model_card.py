@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from training.model_card import model_card, splice, summarize_log
+from training.model_card import model_card, splice, summarize_log, training_markdown
 
 
 def _log(path, rows):
@@ -32,6 +32,19 @@ def test_summary_totals_and_tail_means(tmp_path):
     assert s["triplets_by_sampler"] == {"translation": 96}
     assert s["last_2_log_lines"]["loss"] == pytest.approx(0.04)
     assert s["mean_triplets_per_s"] == 10.0
+
+
+def test_summary_keeps_dev_measurements_apart_and_stops_at_the_released_step(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    dev = lambda step, m: {"step": step, "triplets_seen": 32 * step,  # noqa: E731
+                           "dev": {"dataset": "debian-sfx", "qbe_map": m, "windows": 9}}
+    _log(log, [dev(0, 0.33), _row(1, 0.1, 32, 3.0), _row(2, 0.05, 64, 6.0), dev(2, 0.41),
+               _row(3, 0.03, 96, 9.6), _row(4, 0.02, 128, 12.0), dev(4, 0.45)])
+    s = summarize_log(log, last=2, up_to_step=3)
+    assert s["steps"] == 3 and s["triplets_seen"] == 96
+    assert s["last_2_log_lines"]["loss"] == pytest.approx(0.04)
+    assert [d["qbe_map"] for d in s["dev_qbe"]] == [0.33, 0.41]
+    assert "0.410 @ 64" in training_markdown({**s, "hardware": "test"})
 
 
 def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):

@@ -119,3 +119,87 @@ def test_config_defaults_and_errors(tmp_path):
             from_dict(bad)
     recipe = load_config(REPO / "training" / "recipes" / "tiny.toml")
     assert recipe.model.layers == (1, 1, 1, 1)
+
+
+def labeled_csv(tmp_path: Path) -> Path:
+    """Six clips in two classes (low tones vs high tones) for dev tracking."""
+    rows = ["path,labels"]
+    sr = 16000
+    t = np.arange(int(sr * 1.5)) / sr
+    for i, (label, f0) in enumerate([("low", 150), ("low", 180), ("low", 210),
+                                     ("high", 3000), ("high", 3300), ("high", 3600)]):
+        sf.write(tmp_path / f"d{i}.wav", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), sr)
+        rows.append(f"d{i}.wav,{label}")
+    path = tmp_path / "dev.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_dev_qbe_is_logged_at_start_and_every_n_steps_without_changing_training(cache, tmp_path):
+    dev_csv = labeled_csv(tmp_path)
+    plain = load_config(tiny_config(cache, tmp_path))
+    tracked = from_dict({**plain.to_dict(), "dev": {"dataset": str(dev_csv), "every": 3}})
+    a = train(plain, tmp_path / "plain", echo=lambda s: None)
+    b = train(tracked, tmp_path / "tracked", echo=lambda s: None)
+    assert a.step == b.step == 6
+    rows = [json.loads(x) for x in (tmp_path / "tracked" / LOG_NAME).read_text().splitlines()]
+    dev = [r for r in rows if "dev" in r]
+    assert [r["step"] for r in dev] == [0, 3, 6]
+    for r in dev:
+        assert r["dev"]["windows"] == 6 * 2  # 1.5 s clips give two windows each
+        assert 0.0 < r["dev"]["chance"] < 1.0 and 0.0 < r["dev"]["qbe_map"] <= 1.0
+        assert r["dev"]["dataset"] == "dev"
+    # Measuring in eval mode under no_grad leaves the optimisation untouched.
+    wa = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
+    wb = load_checkpoint(tmp_path / "tracked" / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_dev_qbe_of_a_separating_embedding_is_one(tmp_path):
+    from training.dev_tracking import DevQbE, spaced
+
+    dev = DevQbE(str(labeled_csv(tmp_path)), max_windows=1, log=lambda s: None)
+    assert len(dev.windows) == 6 and dev.n_segments == 6
+
+    class LowVsHigh(torch.nn.Module):  # mel energy below vs above bin 32 separates the classes
+        def forward(self, x):
+            lo, hi = x[..., :32].mean(dim=(1, 2, 3)), x[..., 32:].mean(dim=(1, 2, 3))
+            return torch.nn.functional.normalize(torch.stack([lo - hi, hi - lo + 1e-3], 1), dim=1)
+
+    got = dev(LowVsHigh(), torch.device("cpu"))
+    assert got["qbe_map"] == pytest.approx(1.0) and got["chance"] < 0.5
+    assert spaced(10, 4).tolist() == [0, 3, 6, 9] and spaced(3, 4).tolist() == [0, 1, 2]
+    assert spaced(5, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_resume_takes_the_configured_learning_rate(cache, tmp_path):
+    config = load_config(tiny_config(cache, tmp_path))
+    train(config, tmp_path / "run", max_triplets=8, echo=lambda s: None)
+    faster = from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "lr": 3e-4}})
+    train(faster, tmp_path / "run", resume=True, echo=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / LOG_NAME).read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [1e-4] * 2 + [3e-4] * 4
+
+
+def test_dev_table_errors(tmp_path):
+    base = {"data": {"cache": "c"}}
+    assert from_dict(base).dev is None
+    dev = from_dict({**base, "dev": {"dataset": "fsdd"}}).dev
+    assert dev == {"dataset": "fsdd", "data_root": None, "every": 250, "max_windows": 0}
+    for bad, match in [({"every": 0, "dataset": "fsdd"}, "every"), ({}, "dataset"),
+                       ({"dataset": "fsdd", "max_windows": -1}, "max_windows"),
+                       ({"dataset": "fsdd", "step": 3}, "step")]:
+        with pytest.raises(ConfigError, match=match):
+            from_dict({**base, "dev": bad})
+
+
+def test_set_overrides_nested_values_and_rejects_malformed_ones(tmp_path):
+    recipe = REPO / "training" / "recipes" / "tiny.toml"
+    c = load_config(recipe, ["train.lr=3e-4", "samplers.translation.max_freq_shift=5",
+                             "runtime.device=cpu"])
+    assert c.lr == 3e-4 and c.samplers["translation"]["max_freq_shift"] == 5 and c.device == "cpu"
+    for bad, match in [("lr=3e-4", "SECTION.KEY"), ("train.lr", "SECTION.KEY"),
+                       ("train.lr=fast", "lr"), ("train.batchsize=2", "batchsize"),
+                       ("train.batch_size.x=1", "not a table")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(recipe, [bad])

@@ -44,15 +44,18 @@ def cache(manifest, root, out, jobs, shard_frames):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--max-triplets", type=int, default=None, help="Stop (with a checkpoint) after this many triplets in total.")
 @click.option("--max-minutes", type=float, default=None, help="Stop (with a checkpoint) after this many minutes.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value (a TOML value, e.g. --set train.lr=3e-4); repeatable. "
+                   "The run's config.json records the result.")
 @click.option("--write-checksums", is_flag=True, hidden=True,
               help="Each rank writes a sha256 of its parameters (tests of distributed runs).")
-def train(config_path, out, resume, max_triplets, max_minutes, write_checksums):
+def train(config_path, out, resume, max_triplets, max_minutes, overrides, write_checksums):
     """Train an embedding model with triplet loss (torchrun for several processes)."""
     from training.config import ConfigError, load_config
     from training.trainer import train as run_training
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     out = out or os.path.join("runs", Path(config_path).stem)

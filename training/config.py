@@ -34,6 +34,12 @@ Example (``training/recipes/tiny.toml`` is a complete one)::
     bf16 = "auto"                 # bf16 autocast: true, false, or "auto" (on for CUDA and for
                                   # CPUs with native bf16 (AVX512-BF16/AMX); weights stay fp32)
 
+    [dev]                         # optional: QbE mAP on a labeled set during training
+    dataset = "debian-sfx"        # any evaluate --dataset (training.dev_tracking)
+    # data_root = "..."           # the dataset's --data-root
+    every = 250                   # steps between measurements (and at step 0 of a fresh run)
+    max_windows = 4               # evenly spaced windows per clip; 0: all
+
 Without a ``[samplers]`` table the run uses the paper's joint sampler: the four label-free
 samplers with equal weights and default hyperparameters.
 """
@@ -58,7 +64,8 @@ LR_WITHOUT_MINING = 1e-6
 _TRAIN_DEFAULTS = {"batch_size": 32, "steps": 100_000, "mining": True, "lr": None, "margin": 0.1,
                    "seed": 0, "checkpoint_every": 1000, "log_every": 1}
 _RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1, "bf16": "auto"}
-_SECTIONS = {"data", "model", "train", "samplers", "runtime"}
+_DEV_DEFAULTS = {"dataset": None, "data_root": None, "every": 250, "max_windows": 0}
+_SECTIONS = {"data", "model", "train", "samplers", "runtime", "dev"}
 
 
 class ConfigError(ValueError):
@@ -84,6 +91,7 @@ class TrainConfig:
     threads: int
     workers: int
     bf16: bool | str = "auto"
+    dev: dict | None = None  # the [dev] table, defaults filled in; None: no dev tracking
 
     def to_dict(self) -> dict:
         return {"data": {"cache": self.cache}, "model": self.model.to_dict(),
@@ -92,7 +100,8 @@ class TrainConfig:
                           "checkpoint_every": self.checkpoint_every, "log_every": self.log_every},
                 "samplers": copy.deepcopy(self.samplers),
                 "runtime": {"device": self.device, "threads": self.threads, "workers": self.workers,
-                            "bf16": self.bf16}}
+                            "bf16": self.bf16},
+                **({"dev": dict(self.dev)} if self.dev else {})}
 
 
 def _check_keys(section: str, got: dict, allowed) -> None:
@@ -150,16 +159,53 @@ def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
         raise ConfigError(f"[runtime] device must be auto, cpu or cuda, got {runtime['device']!r}")
     if runtime["bf16"] not in (True, False, "auto"):
         raise ConfigError(f"[runtime] bf16 must be true, false or \"auto\", got {runtime['bf16']!r}")
+    dev = _dev_table(d.get("dev"), base_dir)
     return TrainConfig(cache=cache, model=model, batch_size=train["batch_size"], steps=train["steps"],
                        mining=train["mining"], lr=float(lr), margin=float(train["margin"]),
                        seed=int(train["seed"]), checkpoint_every=train["checkpoint_every"],
                        log_every=train["log_every"], samplers=samplers, device=runtime["device"],
                        threads=int(runtime["threads"]), workers=int(runtime["workers"]),
-                       bf16=runtime["bf16"])
+                       bf16=runtime["bf16"], dev=dev)
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read and validate a TOML configuration file."""
+def _dev_table(table: dict | None, base_dir) -> dict | None:
+    if table is None:
+        return None
+    dev = {**_DEV_DEFAULTS, **table}
+    _check_keys("dev", dev, _DEV_DEFAULTS)
+    if not isinstance(dev["dataset"], str) or not dev["dataset"]:
+        raise ConfigError("[dev] dataset: a dataset name or CSV is required")
+    _positive_int("dev", "every", dev["every"])
+    if not isinstance(dev["max_windows"], int) or isinstance(dev["max_windows"], bool) \
+            or dev["max_windows"] < 0:
+        raise ConfigError(f"[dev] max_windows must be an integer >= 0, got {dev['max_windows']!r}")
+    if dev["data_root"] is not None:
+        root = Path(os.path.expandvars(os.path.expanduser(str(dev["data_root"]))))
+        dev["data_root"] = str(root if root.is_absolute() else (Path(base_dir) / root).resolve())
+    return dev
+
+
+def apply_override(d: dict, override: str) -> None:
+    """Set ``SECTION.KEY=VALUE`` (dots nest: ``samplers.translation.max_freq_shift=5``) in the
+    parsed TOML ``d``; VALUE is a TOML value, or a bare string where it does not parse as one."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    table = d
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {override!r}: {part} is not a table")
+    table[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
+    """Read and validate a TOML configuration file, with ``--set`` style ``overrides``."""
     path = Path(path)
     try:
         d = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -167,4 +213,6 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raise ConfigError(f"{path}: no such config file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    for override in overrides:
+        apply_override(d, override)
     return from_dict(d, base_dir=path.parent)

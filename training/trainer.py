@@ -37,6 +37,7 @@ from audioembed.model import AudioResNet, ModelConfig
 from audioembed.outputs import atomic_write
 from training import distributed
 from training.config import TrainConfig
+from training.dev_tracking import DevQbE
 from training.feature_cache import FeatureCache
 from training.losses import TripletLoss
 from training.samplers import make_sampler, sample_batch
@@ -276,6 +277,10 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                           "processes: the data order will differ from an uninterrupted run")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        # The configured rate wins over the checkpoint's, so a run can be continued (or
+        # branched for tuning) at another rate; the log records the rate of every step.
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
         step, triplets_seen, elapsed = ckpt["step"], ckpt["triplets_seen"], ckpt["elapsed_s"]
         del ckpt
     ddp_model = distributed.wrap(model, ctx)
@@ -290,6 +295,10 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     if ctx.is_main and resume:
         _truncate_log(out / LOG_NAME, step)
     log_file = open(out / LOG_NAME, "a", encoding="utf-8") if ctx.is_main else None
+    dev = None
+    if ctx.is_main and config.dev:
+        dev = DevQbE(config.dev["dataset"], config.dev["data_root"], config.dev["max_windows"],
+                     seed=config.seed, log=echo)
     provenance = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
 
     def checkpoint() -> Path | None:
@@ -311,7 +320,21 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     ddp_model.train()
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
         else nullcontext()
+    def measure_dev() -> None:
+        # Only the main process measures; the others wait at the barrier, so every rank
+        # resumes stepping together.
+        if dev is not None:
+            record = {"step": step, "triplets_seen": triplets_seen,
+                      "dev": dev(model, ctx.device, autocast)}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            echo(f"step {step}: dev QbE mAP {record['dev']['qbe_map']:.4f} ({record['dev']['dataset']})")
+        distributed.barrier(ctx)
+
+    dev_every = config.dev["every"] if config.dev else 0
     with _StopSignals() as signals:
+        if dev_every and step == 0:
+            measure_dev()
         batches = batch_stream(dataset, step, config.steps, workers, pin=cuda)
         if max_triplets is not None and triplets_seen >= max_triplets:
             reason = "max_triplets"  # already spent by the run being resumed
@@ -354,6 +377,9 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
             if step % config.checkpoint_every == 0:
                 checkpoint()
                 saved_step = step
+            if dev_every and step % dev_every == 0:
+                measure_dev()
+                t_log = time.monotonic()  # the measurement is not training time
         if saved_step != step:
             checkpoint()
     if log_file is not None:
