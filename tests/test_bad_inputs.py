@@ -162,3 +162,12 @@ def test_six_channels_embed_as_their_mean(make_wav, tiny_model_dir):
     e_multi, e_mono, e_first = embed([multi, mono, first], model=tiny_model_dir)
     np.testing.assert_allclose(e_multi, e_mono, atol=1e-5)
     assert np.abs(e_multi - e_first).max() > 1e-3
+
+
+@pytest.mark.parametrize("channels", [2, 3, 6])
+def test_channel_mean_is_the_float64_mean_of_file_blocks(channels):
+    from audioembed.audio_io import to_mono
+
+    block = np.random.default_rng(channels).standard_normal((48000, channels)).astype(np.float32)
+    expected = block.T.mean(axis=0, dtype=np.float64).astype(np.float32)
+    assert np.array_equal(to_mono(block.T), expected)
