@@ -8,7 +8,7 @@ import sys
 import click
 
 from audioembed import __version__, extract as extract_mod, frontend, shards
-from audioembed.api import DEFAULT_BATCH_SIZE
+from audioembed.api import BACKENDS, DEFAULT_BATCH_SIZE
 
 MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or "
               "hf-hub:org/repo[@revision]. Default: the registry's default model.")
@@ -36,15 +36,19 @@ def main() -> None:
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
-@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Threads that decode and analyse files while the network runs (0: none). "
-                   "Outputs do not depend on it.")
+                   "Default: 1, or 0 for a CPU network on <= 2 cores. Outputs do not depend on it.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="Run the network with torch, or with onnxruntime (CPU; pip install "
+                   "'audioembed[onnx]'; faster on the CPUs we measured, see README). --model may "
+                   "then also be an .onnx file from export-onnx.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
 def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, workers,
-            shard, quiet):
+            backend, shard, quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -96,7 +100,8 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
         report = extract_mod.run(
             inputs, output, model=model, hop=hop, batch_size=batch_size,
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
-            overwrite=overwrite, progress=not quiet, shard=part, workers=workers)
+            overwrite=overwrite, progress=not quiet, shard=part, workers=workers,
+            backend=backend)
     except extract_mod.UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     for line in report.warnings:

@@ -199,10 +199,25 @@ def _check_options(hop: float, batch_size: int, device: str | None, workers: int
 MODEL_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
-def load_model_for_cli(model, device: str | None):
-    """``model`` loaded, or a UsageError naming ``--model`` and why it cannot be."""
+def default_workers(device: str | None, backend: str = "torch") -> int:
+    """Feature threads when none are asked for: one, except for a CPU network on a machine
+    with two cores or fewer, where the thread only competes with the network's own. (On the
+    2-core development machines, ``benchmarks/bench_scale.py`` measured 0.909 of model-only
+    throughput without it and 0.885 with it.)"""
+    on_cpu = backend == "onnx" or device is None or torch.device(device).type == "cpu"
+    return 0 if on_cpu and (os.cpu_count() or 1) <= 2 else 1
+
+
+def load_model_for_cli(model, device: str | None, backend: str = "torch"):
+    """``model`` loaded for ``backend``, or a UsageError naming ``--model`` and why it cannot be."""
+    if backend not in api.BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(api.BACKENDS)}, got {backend!r}")
+    if backend == "torch" and model is not None and os.fspath(model).endswith(".onnx"):
+        raise UsageError(f"--model {model}: an ONNX file runs with --backend onnx")
     try:
-        return api.resolve_model(model, device)
+        return api.resolve_backend(model, device, backend)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from exc
     except MODEL_LOAD_ERRORS as exc:
         from audioembed.registry import DEFAULT_MODEL
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
@@ -220,7 +235,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = api.DEFAULT_BATCH_SIZE,
         device: str | None = None, fmt: str | None = None, windows: bool = False,
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
-        shard: Shard | None = None, workers: int = 1) -> RunReport:
+        shard: Shard | None = None, workers: int | None = None, backend: str = "torch") -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
 
     Output layout (``fmt`` None infers it from ``output``: ``.npz`` -> npz, otherwise npy):
@@ -235,8 +250,9 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     ``window_embeddings`` (W, 128), ``timestamps`` (W,) and ``offsets`` (N + 1,): input i's
     windows are rows ``offsets[i]:offsets[i + 1]``.
 
-    ``workers`` threads read and analyse the files while the network runs (0: none); the
-    outputs do not depend on it.
+    ``workers`` threads read and analyse the files while the network runs (0: none; None:
+    :func:`default_workers`); the outputs do not depend on it. ``backend="onnx"`` runs the
+    network with onnxruntime (CPU; ``model`` may also be an ``.onnx`` file from ``export-onnx``).
 
     With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
     their usual files; npz: ``OUT.shard-K-of-N.npz``, see ``audioembed.shards``).
@@ -248,7 +264,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         raise UsageError("no inputs given")
     output = Path(output)
     mode = _resolve_mode(output, fmt)
-    _check_options(hop, batch_size, device, workers)
+    _check_options(hop, batch_size, device, 0 if workers is None else workers)
+    workers = default_workers(device, backend) if workers is None else workers
     sources, failures = expand_inputs(inputs, recursive)
     if mode == "single" and len(sources) > 1:
         raise UsageError(f"-o {output} holds one embedding, but the inputs name {len(sources)} "
@@ -274,7 +291,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                 tasks.append((sources[i], stem, i))
     if not tasks and not (mode == "npz" and shard is not None):
         return report
-    net = load_model_for_cli(model, device)
+    net = load_model_for_cli(model, device, backend)
     features = api.iter_features([t[0].path for t in tasks], None, hop, workers)
     bar = _progress(len(tasks), progress, shard)
     done = []
@@ -296,7 +313,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
             bar.close()
     # A shard writes its archive even when empty, so a merge can tell it ran.
     if mode == "npz" and (done or shard is not None):
-        _write_archive(archive, done, windows, report, net.config.embedding_dim, shard)
+        _write_archive(archive, done, windows, report, net.embedding_dim, shard)
     return report
 
 

@@ -115,6 +115,11 @@ class AudioResNet(nn.Module):
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
 
+    @property
+    def embedding_dim(self) -> int:
+        """Output size; ``onnx_backend.OnnxModel`` has the same attribute."""
+        return self.config.embedding_dim
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-mel windows ``(B, T, F)`` or ``(B, 1, T, F)`` -> unit-norm embeddings ``(B, D)``."""
         if x.dim() == 3:

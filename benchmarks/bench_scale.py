@@ -13,7 +13,8 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
 2. Throughput over ``--clips`` five-second clips (44.1 kHz, generated here): ``extract`` end to
    end (files found, read, resampled, framed, embedded, npz written) with 1 feature worker and
    with none, against the model alone on the same windows, in the same run, alternating
-   rounds; windows/s, the ratio (target >= 0.9) and the real-time factor.
+   rounds; windows/s, the ratio (target >= 0.9) and the real-time factor. With onnxruntime
+   installed, the same for ``backend="onnx"`` against onnxruntime alone (``--no-onnx``: skip).
 3. The same folder through ``audioembed extract`` as one process and as two ``--shard``
    processes at once (wall time, process start and model load included).
 
@@ -136,26 +137,38 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         for b in batches:
             _forward(net, b)
 
-    def e2e(workers: int):
+    def e2e(workers: int, backend: str = "torch"):
         def go() -> None:
             report = extract.run([folder], folder.parent / "e2e.npz", model=model, workers=workers,
-                                 overwrite=True)
+                                 overwrite=True, backend=backend)
             if report.failures or report.succeeded != len(paths):
                 raise SystemExit(f"extract failed: {report.failures[:3]}")
         return go
 
-    e2e(1)()  # warm-up: oneDNN kernel choice, file cache
-    times = interleaved_times({"e2e, 1 worker": e2e(1), "e2e, no worker": e2e(0),
-                               "model only": model_only}, args.repeats)
-    fwd = min(times["model only"])
+    # Each end-to-end row is compared with its backend's network alone on the same windows.
+    runs = {"e2e, 1 worker": (e2e(1), "model only"), "e2e, no worker": (e2e(0), "model only"),
+            "model only": (model_only, None)}
+    if args.onnx:
+        from audioembed.onnx_backend import onnx_model
+
+        onnx_net = onnx_model(model)
+
+        def onnx_only() -> None:
+            for b in batches:
+                onnx_net(b)
+        runs.update({"onnx e2e, no worker": (e2e(0, "onnx"), "onnx model only"),
+                     "onnx model only": (onnx_only, None)})
+    for fn, _ in runs.values():
+        fn()  # warm-up: oneDNN / onnxruntime kernel choice, file cache
+    times = interleaved_times({name: fn for name, (fn, _) in runs.items()}, args.repeats)
     print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz -> {n} windows; batch 64; "
           f"{args.threads} thread(s); best of {args.repeats} alternating rounds")
     for name, ts in times.items():
-        best = min(ts)
-        ratio = "" if name == "model only" else (
-            f"  ratio {fwd / best:.3f} (best), "
-            f"{statistics.median(f / t for f, t in zip(times['model only'], ts)):.3f} (median per round)")
-        print(f"  {name:>15}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
+        best, ref = min(ts), runs[name][1]
+        ratio = "" if ref is None else (
+            f"  ratio to {ref} {min(times[ref]) / best:.3f} (best), "
+            f"{statistics.median(f / t for f, t in zip(times[ref], ts)):.3f} (median per round)")
+        print(f"  {name:>19}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time){ratio}")
 
 
@@ -192,6 +205,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=500)
     ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-onnx", dest="onnx", action="store_false",
+                    help="Skip the onnxruntime rows of the throughput section (needs audioembed[onnx]).")
     ap.add_argument("--only", choices=["memory", "throughput", "shards"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -83,3 +83,30 @@ def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, make_wav, tmp_path
     res = cli("export-onnx", tmp_path / "m.onnx", "--model", tiny_model_dir)
     assert res.exit_code == 1 and "audioembed[onnx]" in res.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, tmp_path):
+    clips = [make_wav(f"e{i}.wav", seconds=s, seed=i) for i, s in enumerate([0.7, 2.5, 4.1])]
+    ref = tmp_path / "torch.npz"
+    assert cli("extract", *clips, "-o", ref, "--model", tiny_model_dir, "-q").exit_code == 0
+    for model in (exported, tiny_model_dir):
+        out = tmp_path / f"onnx-{len(str(model))}.npz"
+        res = cli("extract", *clips, "-o", out, "--model", model, "--backend", "onnx", "--windows", "-q")
+        assert res.exit_code == 0, res.output
+        with np.load(ref) as want, np.load(out) as got:
+            assert list(got["names"]) == list(want["names"])
+            assert got["embeddings"].shape == want["embeddings"].shape
+            assert got["window_embeddings"].shape[0] == got["offsets"][-1]
+            assert np.abs(got["embeddings"] - want["embeddings"]).max() <= TOL
+    res = cli("extract", clips[0], "-o", tmp_path / "x.npy", "--model", exported)
+    assert res.exit_code == 2 and "--backend onnx" in res.output
+
+
+def test_default_workers_leave_two_cores_to_a_cpu_network(monkeypatch):
+    from audioembed import extract
+
+    monkeypatch.setattr(extract.os, "cpu_count", lambda: 2)
+    assert extract.default_workers(None) == 0 and extract.default_workers("cpu", "onnx") == 0
+    assert extract.default_workers("cuda") == 1
+    monkeypatch.setattr(extract.os, "cpu_count", lambda: 16)
+    assert extract.default_workers(None) == 1
