@@ -145,6 +145,11 @@ def test_dev_qbe_is_logged_at_start_and_every_n_steps_without_changing_training(
     rows = [json.loads(x) for x in (tmp_path / "tracked" / LOG_NAME).read_text().splitlines()]
     dev = [r for r in rows if "dev" in r]
     assert [r["step"] for r in dev] == [0, 3, 6]
+    # A run cut short is measured where it stops, then on the schedule after resuming.
+    train(tracked, tmp_path / "cut", max_triplets=16, echo=lambda s: None)
+    train(tracked, tmp_path / "cut", resume=True, echo=lambda s: None)
+    cut = [json.loads(x) for x in (tmp_path / "cut" / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in cut if "dev" in r] == [0, 3, 4, 6]
     for r in dev:
         assert r["dev"]["windows"] == 6 * 2  # 1.5 s clips give two windows each
         assert 0.0 < r["dev"]["chance"] < 1.0 and 0.0 < r["dev"]["qbe_map"] <= 1.0

@@ -320,9 +320,12 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     ddp_model.train()
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
         else nullcontext()
+    measured = [None]
+
     def measure_dev() -> None:
         # Only the main process measures; the others wait at the barrier, so every rank
         # resumes stepping together.
+        measured[0] = step
         if dev is not None:
             record = {"step": step, "triplets_seen": triplets_seen,
                       "dev": dev(model, ctx.device, autocast)}
@@ -382,6 +385,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                 t_log = time.monotonic()  # the measurement is not training time
         if saved_step != step:
             checkpoint()
+        if dev_every and measured[0] != step:
+            measure_dev()  # the state the run stops in, whatever stopped it
     if log_file is not None:
         log_file.close()
     if write_checksums:
