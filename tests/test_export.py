@@ -47,6 +47,7 @@ def test_export_loads_and_embeds(checkpoint, tmp_path):
     assert prov["name"] == "tiny-test" and prov["steps"] == 2 and prov["triplets_seen"] == 8
     assert len(prov["data_manifest_sha256"]) == 64 and prov["training_config"]["model"]["base_width"] == 8
     assert prov["date"] and "git_commit" in prov
+    assert [(c["from_step"], c["world_size"]) for c in prov["training_code"]] == [(0, 1)]
     e = audioembed.embed(str(wav), model=model)
     assert e.shape == (128,) and abs(float(np.linalg.norm(e)) - 1) < 1e-4
     # fp16 release weights equal the checkpoint's rounded to fp16.

@@ -184,6 +184,9 @@ def test_resume_takes_the_configured_learning_rate(cache, tmp_path):
     train(faster, tmp_path / "run", resume=True, echo=lambda s: None)
     rows = [json.loads(x) for x in (tmp_path / "run" / LOG_NAME).read_text().splitlines()]
     assert [r["lr"] for r in rows] == [1e-4] * 2 + [3e-4] * 4
+    code = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["code"]
+    assert [c["from_step"] for c in code] == [0, 2]  # each start records the tree that ran it
+    assert all(c["git_commit"] is None or len(c["git_commit"].split("+")[0]) == 40 for c in code)
 
 
 def test_dev_table_errors(tmp_path):

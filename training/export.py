@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import subprocess
 from pathlib import Path
 
 from audioembed.model_folder import save_model_folder
-from training.trainer import load_checkpoint, model_from_checkpoint
+from training.trainer import git_commit, load_checkpoint, model_from_checkpoint
 
 _CARD = """---
 library_name: audioembed
@@ -35,16 +34,6 @@ Data manifest sha256: `{manifest}`. Code commit: `{commit}`. Exported {date}.
 """
 
 
-def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of this source tree, or None outside a git checkout."""
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
 def provenance(ckpt: dict, name: str | None) -> dict:
     """Where the weights came from: data, amount of training, configuration, code, date."""
     data = ckpt.get("data", {})
@@ -58,6 +47,9 @@ def provenance(ckpt: dict, name: str | None) -> dict:
         "training_seconds": float(ckpt.get("elapsed_s", 0.0)),
         "world_size": int(ckpt.get("world_size", 1)),
         "training_config": ckpt["config"],
+        # The code that trained it: one entry per start or resume of the run (checkpoints
+        # written before this was recorded have none), and the tree that exported it.
+        "training_code": list(ckpt.get("code", [])),
         "git_commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

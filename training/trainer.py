@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import signal
+import subprocess
 import threading
 import time
 import warnings
@@ -208,6 +209,22 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     return bool((check and check()) or (amx and amx()))
 
 
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of this source tree (``+dirty`` with uncommitted changes to
+    tracked files), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines past the checkpoint's step: a killed run may have logged steps that the
     resumed run is about to redo, and the log should show each step once."""
@@ -265,6 +282,7 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     model = AudioResNet(config.model).to(ctx.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     step, triplets_seen, elapsed = 0, 0, 0.0
+    code: list[dict] = []  # which source tree trained which steps
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no {ckpt_path}")
@@ -282,7 +300,9 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         for group in optimizer.param_groups:
             group["lr"] = config.lr
         step, triplets_seen, elapsed = ckpt["step"], ckpt["triplets_seen"], ckpt["elapsed_s"]
+        code = list(ckpt.get("code", []))
         del ckpt
+    code.append({"from_step": step, "git_commit": git_commit(), "world_size": ctx.world_size})
     ddp_model = distributed.wrap(model, ctx)
     loss_fn = TripletLoss(margin=config.margin, mining=config.mining)
     cache = FeatureCache(config.cache)
@@ -309,7 +329,7 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                             "triplets_seen": triplets_seen,
                             "elapsed_s": elapsed + time.monotonic() - started,
                             "config": config.to_dict(), "world_size": ctx.world_size,
-                            "data": provenance}, ckpt_path)
+                            "data": provenance, "code": code}, ckpt_path)
         return ckpt_path
 
     # Sums since the last log line: loss, active, d_ap, d_an, steps, then per-sampler counts.
