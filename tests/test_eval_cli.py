@@ -42,7 +42,7 @@ def test_evaluate_logmel_end_to_end(manifest, tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     cache = tmp_path / "cache"
     args = ["evaluate", "--model", "logmel", "--dataset", str(manifest), "--out", str(out),
-            "--markdown", str(md), "--cache-dir", str(cache), "--epochs", "10"]
+            "--markdown", str(md), "--cache-dir", str(cache), "--patience", "2", "--epochs", "10"]
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr
     assert "QbE mAP" in proc.stdout and "classifier 2L" in proc.stdout and "light sup. 1L" in proc.stdout
@@ -55,7 +55,8 @@ def test_evaluate_logmel_end_to_end(manifest, tmp_path):
         assert res["classifier"][layers]["map"] > 0.9
         assert "accuracy" in res["classifier"][layers]
     assert len(res["light_supervision"]["1"]["trials"]) == 3
-    assert "group-aware" in res["classifier"]["split"]
+    assert "group-aware" in res["classifier"]["split"] and "patience 2" in res["classifier"]["stopping"]
+    assert res["settings"]["patience"] == 2 and res["settings"]["epochs"] == 10
     assert md.read_text().startswith("| Representation |") and "log-mel (baseline)" in md.read_text()
     assert len(list(cache.glob("logmel_set_*.npz"))) == 1
 

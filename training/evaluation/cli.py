@@ -47,11 +47,13 @@ def _write(path: str, text: str) -> None:
 @click.option("--no-classifiers", is_flag=True, help="Only query-by-example retrieval (fast).")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
               help="Most classifier epochs (early stopping on an inner validation split).")
+@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Epochs without a lower validation loss before a classifier stops.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="CPU threads for torch and BLAS; 0 = their defaults (all cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-             batch_size, cache_dir, no_cache, no_classifiers, epochs, threads, seed):
+             batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, threads, seed):
     """Evaluate MODEL on DATASET: QbE retrieval mAP, shallow-classifier mAP, light supervision.
 
     Progress goes to stderr, the summary to stdout.
@@ -66,11 +68,11 @@ def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_js
         torch.set_num_threads(threads)
     with threadpool_limits(limits=threads or None):
         _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-                  batch_size, cache_dir, no_cache, no_classifiers, epochs, seed)
+                  batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed)
 
 
 def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-              batch_size, cache_dir, no_cache, no_classifiers, epochs, seed):
+              batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed):
     from training.evaluation.datasets import DatasetError, load_dataset
     from training.evaluation.features import extract
     from training.evaluation.report import ReportError, load_results, render
@@ -90,7 +92,7 @@ def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_j
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(f"cannot embed {ds.name} with {model}: {exc}") from exc
     t_embed = time.perf_counter() - t0
-    settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs)
+    settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs, patience=patience)
     try:
         results = evaluate_embeddings(ds, we, settings, log=_log)
     except ValueError as exc:  # e.g. too few segments per class to retrieve or to split
