@@ -74,7 +74,7 @@ def training_markdown(summary: dict) -> str:
     return "\n".join([
         "| quantity | value |",
         "| --- | --- |",
-        f"| steps (32 triplets each) | {summary['steps']:,} |",
+        f"| optimizer steps | {summary['steps']:,} |",
         f"| triplets seen | {summary['triplets_seen']:,} ({by}) |",
         f"| training time | {summary['train_hours']} h on {summary.get('hardware', 'see provenance')} |",
         f"| mean rate | {summary['mean_triplets_per_s']} triplets/s |",
