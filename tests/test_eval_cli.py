@@ -100,3 +100,14 @@ def test_evaluate_report_rejects_other_json(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     proc = _run("evaluate-report", str(tmp_path / "x.json"))
     assert proc.returncode != 0 and "not an audioembed evaluation result" in proc.stderr
+
+
+def test_cli_defaults_are_the_evaluation_settings():
+    # The CLI imports the evaluator lazily, so its defaults are literals: keep them in step.
+    from training.evaluation.cli import evaluate
+    from training.evaluation.run import EvalSettings
+
+    defaults = {p.name: p.default for p in evaluate.params}
+    assert defaults["epochs"] == EvalSettings.epochs
+    assert defaults["patience"] == EvalSettings.patience
+    assert defaults["seed"] == EvalSettings.seed

@@ -47,7 +47,7 @@ class MLPConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     val_fraction: float = 0.1
-    patience: int = 3
+    patience: int = 10
     max_windows: int | None = 10
     steps: int | None = None  # a fixed number of gradient steps instead of ``epochs``
     seed: int = 0

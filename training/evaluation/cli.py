@@ -47,7 +47,7 @@ def _write(path: str, text: str) -> None:
 @click.option("--no-classifiers", is_flag=True, help="Only query-by-example retrieval (fast).")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
               help="Most classifier epochs (early stopping on an inner validation split).")
-@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
               help="Epochs without a lower validation loss before a classifier stops.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="CPU threads for torch and BLAS; 0 = their defaults (all cores).")
