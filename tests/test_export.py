@@ -43,6 +43,7 @@ def test_export_loads_and_embeds(checkpoint, tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     model = audioembed.load_model(out)
+    assert f"sha256 of model.safetensors: {model.info['sha256']}" in res.stdout
     prov = model.info["config"]["provenance"]
     assert prov["name"] == "tiny-test" and prov["steps"] == 2 and prov["triplets_seen"] == 8
     assert len(prov["data_manifest_sha256"]) == 64 and prov["training_config"]["model"]["base_width"] == 8

@@ -79,7 +79,11 @@ def export(checkpoint, outdir, name, repo_id):
         folder = export_checkpoint(checkpoint, outdir, name=name)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    from audioembed.model_folder import WEIGHTS_NAME, sha256_file
+
     click.echo(f"wrote {folder}")
+    # The registry pins this digest for bundled and Hub releases.
+    click.echo(f"sha256 of {WEIGHTS_NAME}: {sha256_file(Path(folder) / WEIGHTS_NAME)}")
     if repo_id:
         url = push_to_hub(folder, repo_id)
         click.echo(f"uploaded to {url}")
