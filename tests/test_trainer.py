@@ -173,8 +173,31 @@ def test_dev_qbe_of_a_separating_embedding_is_one(tmp_path):
 
     got = dev(LowVsHigh(), torch.device("cpu"))
     assert got["qbe_map"] == pytest.approx(1.0) and got["chance"] < 0.5
+    # Classes sit at opposite points: every labelled triplet is satisfied by far more than the margin.
+    assert got["triplets"] > 0 and got["triplet_loss"] == 0.0 and got["active"] == 0.0
+    assert got["d_ap"] == pytest.approx(0.0, abs=1e-6) and got["d_an"] == pytest.approx(4.0, abs=1e-3)
+
+    class Constant(torch.nn.Module):  # every triplet costs exactly the margin
+        def forward(self, x):
+            return torch.nn.functional.normalize(torch.ones(len(x), 2), dim=1)
+
+    flat = dev(Constant(), torch.device("cpu"))
+    assert flat["triplet_loss"] == pytest.approx(0.1) and flat["active"] == 1.0
     assert spaced(10, 4).tolist() == [0, 3, 6, 9] and spaced(3, 4).tolist() == [0, 1, 2]
     assert spaced(5, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_label_triplets_pair_shared_labels_against_disjoint_ones():
+    from training.dev_tracking import label_triplets
+
+    # Four clips, multi-label: 0 {a}, 1 {a, b}, 2 {b}, 3 {c}; clip 3 has no partner clip.
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], bool)
+    seg = np.array([0, 0, 1, 2, 2, 2, 3])
+    t = label_triplets(y, seg, 200, seed=0)
+    assert 100 < len(t) < 200  # anchors in clip 3 are skipped
+    a, p, n = (seg[t[:, k]] for k in range(3))
+    assert (a != p).all() and (y[a] & y[p]).any(1).all() and not (y[a] & y[n]).any()
+    assert set(a.tolist()) == {0, 1, 2} and np.array_equal(t, label_triplets(y, seg, 200, seed=0))
 
 
 def test_resume_takes_the_configured_learning_rate(cache, tmp_path):

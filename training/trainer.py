@@ -318,7 +318,7 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     dev = None
     if ctx.is_main and config.dev:
         dev = DevQbE(config.dev["dataset"], config.dev["data_root"], config.dev["max_windows"],
-                     seed=config.seed, log=echo)
+                     seed=config.seed, margin=config.margin, log=echo)
     provenance = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
 
     def checkpoint() -> Path | None:
@@ -351,7 +351,10 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                       "dev": dev(model, ctx.device, autocast)}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
-            echo(f"step {step}: dev QbE mAP {record['dev']['qbe_map']:.4f} ({record['dev']['dataset']})")
+            d = record["dev"]
+            echo(f"step {step}: dev QbE mAP {d['qbe_map']:.4f} ({d['dataset']})"
+                 + (f", labelled-triplet loss {d['triplet_loss']:.4f}, active {d['active']:.3f}"
+                    if "triplet_loss" in d else ""))
         distributed.barrier(ctx)
 
     dev_every = config.dev["every"] if config.dev else 0
