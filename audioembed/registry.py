@@ -24,7 +24,7 @@ _REGISTRY = {
         PretrainedModel(
             name="triplet-resnet50-joint",
             source="bundled:triplet-resnet50-joint",
-            sha256="23fe073a058f7238e4f846effa51bf8bb64aa1f1d04f80cdb59040a6a8addfea",
+            sha256="0415adb4b3dc3dfdfd1d2d3c4f9605c3af0301cb026433406673f357b57e38ff",
             license="CC-BY-SA-4.0",
             paper=PAPER,
             description="ResNet-50, joint unsupervised triplets (noise, translation, mixing, "

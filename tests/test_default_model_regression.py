@@ -44,7 +44,7 @@ def test_default_model_reproduces_its_stored_embeddings(stored, model):
 
 def test_trained_weights_separate_the_fixture_sounds(stored):
     # The same sound maps together and different sounds apart. A randomly initialised ResNet
-    # maps every input to nearly the same point (cosines ~0.998, examples/README.md).
+    # maps every input to nearly the same point (cosines ~0.998 between spoken digits).
     w = stored["windows"].astype(np.float64)
     start = np.round(stored["times"] - 0.48, 2)
     # Windows starting at 0.5 and 1.0 s hold only the tone (the one at 0 starts in padding).
