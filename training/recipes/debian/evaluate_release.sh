@@ -8,7 +8,7 @@
 # gives the released model's summary).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-model=${1:?usage: evaluate_release.sh MODEL [RUN_DIR]}
+model=${1:?usage: evaluate_release.sh MODEL [RUN_DIR [STEP]]}
 run=${2:-}
 step=${3:-$(python -c 'import sys, audioembed; print(audioembed.load_model(sys.argv[1]).info["config"]["provenance"]["steps"])' "$model")}
 here=training/recipes/debian
