@@ -21,6 +21,8 @@ def _register() -> None:
     main.add_command(evaluate_report)
     from training.model_card import model_card
     main.add_command(model_card)
+    from training.experiments.cli import experiment
+    main.add_command(experiment)
 
 
 _register()

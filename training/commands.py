@@ -45,7 +45,8 @@ def cache(manifest, root, out, jobs, shard_frames):
 @click.option("--max-triplets", type=int, default=None, help="Stop (with a checkpoint) after this many triplets in total.")
 @click.option("--max-minutes", type=float, default=None, help="Stop (with a checkpoint) after this many minutes.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one config value (a TOML value, e.g. --set train.lr=3e-4); repeatable. "
+              help="Override one config value (a TOML value, e.g. --set train.lr=3e-4), or replace a "
+                   "whole section with an inline table (--set 'samplers={translation={}}'); repeatable. "
                    "The run's config.json records the result.")
 @click.option("--write-checksums", is_flag=True, hidden=True,
               help="Each rank writes a sha256 of its parameters (tests of distributed runs).")

@@ -187,15 +187,22 @@ def _dev_table(table: dict | None, base_dir) -> dict | None:
 
 def apply_override(d: dict, override: str) -> None:
     """Set ``SECTION.KEY=VALUE`` (dots nest: ``samplers.translation.max_freq_shift=5``) in the
-    parsed TOML ``d``; VALUE is a TOML value, or a bare string where it does not parse as one."""
+    parsed TOML ``d``; VALUE is a TOML value, or a bare string where it does not parse as one.
+
+    ``SECTION={...}`` (an inline TOML table) replaces a whole section, e.g.
+    ``samplers={translation={max_freq_shift=5}}`` trains on that one sampler alone: merging
+    key by key could only add samplers to the recipe's, never take them away."""
     key, sep, text = override.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) < 2 or not all(parts):
-        raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE")
     try:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = text.strip()
+    if sep and len(parts) == 1 and parts[0] and isinstance(value, dict):
+        d[parts[0]] = value
+        return
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE or SECTION={{...}}")
     table = d
     for part in parts[:-1]:
         table = table.setdefault(part, {})

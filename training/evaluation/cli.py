@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
-DATASET_HELP = ("fsdd, fsdd-speaker, debian-sfx, esc50 (with --data-root), an ESC-50 folder, an "
+DATASET_HELP = ("fsdd, fsdd-speaker, debian-sfx, debian-sfx-eval / debian-sfx-topline-train (the "
+                "package-disjoint paper-tables parts), esc50 (with --data-root), an ESC-50 folder, an "
                 "AudioSet segments CSV (audio named YTID_START.wav, YTID_START.flac or YTID.wav "
                 "under --data-root), or a manifest CSV path,labels[,fold][,group] with "
                 "';'-separated multi-labels")
@@ -73,32 +73,20 @@ def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_js
 
 def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
               batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed):
-    from training.evaluation.datasets import DatasetError, load_dataset
-    from training.evaluation.features import extract
     from training.evaluation.report import ReportError, load_results, render
-    from training.evaluation.run import EvalSettings, evaluate_embeddings, summary_lines
+    from training.evaluation.run import EvalSettings, EvaluationError, evaluate_model, summary_lines
 
-    t0 = time.perf_counter()
     try:
         baselines = [load_results(baseline_json)] if baseline_json else []
         toplines = [load_results(topline_json)] if topline_json else []
-        ds = load_dataset(dataset, data_root)
-    except (DatasetError, ReportError, OSError) as exc:
+    except ReportError as exc:
         raise click.ClickException(str(exc)) from exc
-    _log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
-    try:
-        we = extract(ds, model, device=device, batch_size=batch_size,
-                     cache_dir=None if no_cache else cache_dir, log=_log)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise click.ClickException(f"cannot embed {ds.name} with {model}: {exc}") from exc
-    t_embed = time.perf_counter() - t0
     settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs, patience=patience)
     try:
-        results = evaluate_embeddings(ds, we, settings, log=_log)
-    except ValueError as exc:  # e.g. too few segments per class to retrieve or to split
-        raise click.ClickException(f"cannot evaluate on {ds.name}: {exc}") from exc
-    results["timing"] = {"embedding_s": round(t_embed, 1), "embeddings_from_cache": we.from_cache,
-                         "total_s": round(time.perf_counter() - t0, 1)}
+        results = evaluate_model(model, dataset, settings, data_root=data_root, device=device,
+                                 batch_size=batch_size, cache_dir=None if no_cache else cache_dir, log=_log)
+    except EvaluationError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary_lines(results)))
     if out:
         _write(out, json.dumps(results, indent=2) + "\n")

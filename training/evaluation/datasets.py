@@ -10,7 +10,10 @@ more than their label and would inflate the scores.
 - ``fsdd`` / ``fsdd-speaker``: the Free Spoken Digit Dataset; label = digit (group = speaker),
   or label = speaker (no group: every speaker is every class of its own, so a group-aware split
   is impossible; each file is its own group).
-- ``debian-sfx``: the labeled Debian sound-effects set over a built corpus folder.
+- ``debian-sfx``: the labeled Debian sound-effects set over a built corpus folder;
+  ``debian-sfx-eval`` and ``debian-sfx-topline-train``: its two package-disjoint parts of
+  ``training/recipes/debian/paper_split.csv`` (the paper-tables split: the explicit-label topline
+  trains on one, every row is evaluated on the other).
 - ``esc50`` or an ESC-50 folder (``meta/esc50.csv`` + ``audio/``), with its official folds.
 - an AudioSet segments CSV (``YTID, start_seconds, end_seconds, positive_labels``).
 - any other ``.csv``: a manifest ``path,labels[,fold][,group]`` (multi-labels joined by ``;``).
@@ -36,6 +39,8 @@ FSDD_DEFAULT = SHARED_ROOT / "data" / "fsdd" / "recordings"
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset"
 DEBIAN_LABELS = REPO_ROOT / "training" / "recipes" / "debian" / "labeled.csv"
 DEBIAN_LABELS_FALLBACK = SHARED_ROOT / "corpus" / "labeled.csv"
+DEBIAN_SPLIT = REPO_ROOT / "training" / "recipes" / "debian" / "paper_split.csv"
+DEBIAN_PARTS = ("eval", "topline-train")
 DEBIAN_CORPUS_DEFAULT = Path("~/.cache/audioembed/corpus/debian")
 ESC50_URL = "https://github.com/karolpiczak/ESC-50"
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
@@ -232,6 +237,35 @@ def load_debian_sfx(data_root: str | os.PathLike | None = None) -> LabeledDatase
     return kept
 
 
+def debian_split(split_csv: str | os.PathLike = DEBIAN_SPLIT) -> dict[str, str]:
+    """Package -> part (``eval`` or ``topline-train``) from the committed split file."""
+    try:
+        with open(split_csv, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    except OSError as exc:
+        raise DatasetError(f"debian-sfx parts: cannot read the split {split_csv} ({exc})") from exc
+    split = {r["package"]: r["part"] for r in rows}
+    bad = sorted(set(split.values()) - set(DEBIAN_PARTS))
+    if bad:
+        raise DatasetError(f"{split_csv}: unknown parts {bad}; expected {list(DEBIAN_PARTS)}")
+    return split
+
+
+def load_debian_sfx_part(part: str, data_root: str | os.PathLike | None = None) -> LabeledDataset:
+    """One package-disjoint part of debian-sfx (see :func:`debian_split`), named
+    ``debian-sfx-<part>``. Packages missing from the split file belong to neither part."""
+    if part not in DEBIAN_PARTS:
+        raise DatasetError(f"debian-sfx: unknown part {part!r}; expected one of {list(DEBIAN_PARTS)}")
+    full = load_debian_sfx(data_root)
+    split = debian_split()
+    keep = np.array([split.get(g) == part for g in full.groups])
+    ds = full.subset(keep)
+    ds.name = f"debian-sfx-{part}"
+    ds.source = f"{full.source}, part {part!r} of {DEBIAN_SPLIT.name}"
+    ds.notes = ds.notes + [f"the {part} part of the package-disjoint paper-tables split"]
+    return ds
+
+
 def load_esc50(root: str | os.PathLike) -> LabeledDataset:
     """ESC-50 (``meta/esc50.csv`` + ``audio/``) with its five official folds."""
     root = Path(root)
@@ -325,6 +359,8 @@ def load_dataset(spec: str, data_root: str | os.PathLike | None = None) -> Label
         return load_fsdd(data_root, "speaker")
     if spec == "debian-sfx":
         return load_debian_sfx(data_root)
+    if spec.startswith("debian-sfx-") and spec[len("debian-sfx-"):] in DEBIAN_PARTS:
+        return load_debian_sfx_part(spec[len("debian-sfx-"):], data_root)
     if spec == "esc50":
         if not data_root:
             raise DatasetError(f"esc50: pass the ESC-50 folder as --data-root (get it from {ESC50_URL})")
@@ -338,6 +374,7 @@ def load_dataset(spec: str, data_root: str | os.PathLike | None = None) -> Label
         if is_audioset_csv(path):
             return load_audioset(path, data_root)
         return load_manifest(path, data_root)
-    raise DatasetError(f"unknown dataset {spec!r}: expected fsdd, fsdd-speaker, debian-sfx, esc50, "
+    raise DatasetError(f"unknown dataset {spec!r}: expected fsdd, fsdd-speaker, debian-sfx, "
+                       "debian-sfx-eval, debian-sfx-topline-train, esc50, "
                        "an ESC-50 folder, an AudioSet segments CSV or a manifest CSV "
                        "(path,labels[,fold][,group])")

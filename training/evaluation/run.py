@@ -13,8 +13,8 @@ import torch
 from audioembed import __version__ as audioembed_version
 from audioembed import frontend
 from training.evaluation import classifiers as clf
-from training.evaluation.datasets import LabeledDataset
-from training.evaluation.features import WindowEmbeddings
+from training.evaluation.datasets import DatasetError, LabeledDataset, load_dataset
+from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, extract
 from training.evaluation.metrics import qbe_map, segment_means
 
 RESULTS_SCHEMA = "audioembed-eval/1"
@@ -55,6 +55,16 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _window_data(ds: LabeledDataset, we: WindowEmbeddings, seed: int):
+    """``ds`` (already the kept subset) as classifier inputs, with its outer splits."""
+    y = ds.label_matrix()
+    groups = np.asarray(ds.groups) if ds.groups is not None else np.arange(len(ds))
+    data = clf.WindowData(torch.from_numpy(np.ascontiguousarray(we.emb, dtype=np.float32)),
+                          we.seg.astype(np.int64), y, groups)
+    splits, split_kind = clf.outer_folds(y, ds.folds, ds.groups, seed)
+    return data, splits, split_kind
+
+
 def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings: EvalSettings,
                         log: Callable[[str], None] = _stderr) -> dict:
     """Every metric of the spec on precomputed window embeddings; returns the results dict."""
@@ -80,10 +90,7 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
     }
     if not settings.classifiers:
         return results
-    groups = np.asarray(ds.groups) if ds.groups is not None else np.arange(len(ds))
-    data = clf.WindowData(torch.from_numpy(np.ascontiguousarray(we.emb, dtype=np.float32)),
-                          we.seg.astype(np.int64), y, groups)
-    splits, split_kind = clf.outer_folds(y, ds.folds, ds.groups, settings.seed)
+    data, splits, split_kind = _window_data(ds, we, settings.seed)
     results["classifier"] = {"split": split_kind, "stopping": (
         f"early stopping on a group-aware inner validation split (1 of {round(1 / settings.val_fraction)}"
         f" folds of the training segments, fewer with fewer groups), patience {settings.patience}, "
@@ -98,6 +105,46 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
             data, splits, settings.light_mlp(layers), settings.light_per_class, settings.light_trials,
             settings.seed, log)
     return results
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run: the dataset, the model or the protocol; the message says which."""
+
+
+def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettings(), *,
+                   data_root=None, device: str | None = None, batch_size: int = 64,
+                   cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr) -> dict:
+    """``python -m training evaluate`` as a function: load ``dataset`` (any ``--dataset``), embed
+    it with ``model`` (any ``--model``, window embeddings cached in ``cache_dir``; None: no
+    cache), and return :func:`evaluate_embeddings`'s results with a ``timing`` entry."""
+    t0 = time.perf_counter()
+    try:
+        ds = load_dataset(dataset, data_root)
+    except (DatasetError, OSError) as exc:
+        raise EvaluationError(str(exc)) from exc
+    log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
+    try:
+        we = extract(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise EvaluationError(f"cannot embed {ds.name} with {model}: {exc}") from exc
+    t_embed = time.perf_counter() - t0
+    try:
+        results = evaluate_embeddings(ds, we, settings, log=log)
+    except ValueError as exc:  # e.g. too few segments per class to retrieve or to split
+        raise EvaluationError(f"cannot evaluate on {ds.name}: {exc}") from exc
+    results["timing"] = {"embedding_s": round(t_embed, 1), "embeddings_from_cache": we.from_cache,
+                         "total_s": round(time.perf_counter() - t0, 1)}
+    return results
+
+
+def classifier_data(model: str, dataset: str, settings: EvalSettings = EvalSettings(), *,
+                    data_root=None, cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr):
+    """``(WindowData, outer splits, split description)`` of ``dataset`` embedded by ``model``,
+    exactly as :func:`evaluate_model` builds them: for protocols beyond the standard ones (e.g.
+    light supervision with other classifier sizes)."""
+    ds = load_dataset(dataset, data_root)
+    we = extract(ds, model, cache_dir=cache_dir, log=log)
+    return _window_data(ds.subset(we.kept), we, settings.seed)
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -1,0 +1,162 @@
+"""The experiments layer end to end on a tiny model, a tiny cache and a tiny labelled set: two
+arms run, evaluate and tabulate; a rerun skips them; --check catches a stale table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from training.cli import main
+from training.config import ConfigError, apply_override, load_config
+from training.experiments import tables
+from training.experiments.recipe import RecipeError, load_experiment
+from training.experiments.runner import run_experiment
+
+from test_trainer import synth_cache
+
+
+def labelled_set(folder: Path) -> Path:
+    """Three classes (low tone, high tone, noise), 6 clips each, as a manifest CSV."""
+    rng = np.random.default_rng(1)
+    sr, t = 16000, np.arange(16000) / 16000
+    rows = ["path,labels"]
+    for k in range(6):
+        for label, x in (("low", np.sin(2 * np.pi * (200 + 20 * k) * t)),
+                         ("high", np.sin(2 * np.pi * (3000 + 100 * k) * t)),
+                         ("noise", rng.standard_normal(t.size))):
+            name = f"{label}_{k}.wav"
+            sf.write(folder / name, (0.3 * x).astype(np.float32), sr)
+            rows.append(f"{name},{label}")
+    (folder / "toy.csv").write_text("\n".join(rows) + "\n")
+    return folder / "toy.csv"
+
+
+def write_recipe(tmp_path: Path, cache: Path, dataset: Path) -> Path:
+    base = tmp_path / "base.toml"
+    base.write_text(f'[data]\ncache = "{cache}"\n[model]\nlayers = [1, 1, 1, 1]\nbase_width = 8\n'
+                    '[train]\nbatch_size = 4\ncheckpoint_every = 2\nlog_every = 1\n'
+                    '[runtime]\ndevice = "cpu"\nthreads = 1\nbf16 = false\n'
+                    f'[dev]\ndataset = "{dataset}"\nevery = 2\nmax_windows = 2\n')
+    recipe = tmp_path / "exp.toml"
+    recipe.write_text(f'''
+[experiment]
+title = "toy"
+base = "base.toml"
+triplets = 16
+runs = "runs"
+results = "results/toy"
+markdown = "results/toy.md"
+datasets = ["{dataset}"]
+eval_cache = "eval_cache"
+set = ["train.lr=1e-3"]
+
+[arms.logmel]
+kind = "evaluate"
+model = "logmel"
+label = "Log-mel"
+role = "baseline"
+tables = ["2", "3"]
+
+[arms.noise]
+label = "Noise"
+tables = ["2", "1"]
+sweep = {{param = "σ", value = 0.5}}
+set = ["samplers={{gaussian_noise={{sigma=0.5}}}}", "train.mining=true"]
+''')
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    cache = synth_cache(tmp)
+    (tmp / "toy").mkdir()
+    recipe = write_recipe(tmp, cache, labelled_set(tmp / "toy"))
+    result = CliRunner().invoke(main, ["experiment", str(recipe), "--no-figures"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return tmp, recipe
+
+
+def test_experiment_runs_both_arms_and_tabulates(finished):
+    tmp, recipe = finished
+    exp = load_experiment(recipe)
+    noise = json.loads((tmp / "results/toy/noise.json").read_text())
+    assert noise["train"]["triplets_seen"] == 16 and noise["train"]["steps"] == 4
+    assert noise["train"]["config"]["samplers"] == {"gaussian_noise": {"sigma": 0.5}}
+    assert noise["train"]["config"]["train"]["lr"] == 1e-3  # the experiment's --set reached it
+    assert [p["step"] for p in noise["train"]["dev_curve"]] == [0, 2, 4]
+    assert noise["machine"]["cpus"] >= 1 and noise["train"]["wall_s"] > 0
+    ds = exp.datasets[0]
+    q = noise["results"][ds]["qbe"]["map"]
+    assert 0 < q <= 1 and noise["results"][ds]["classifier"]["1"]["map"] > 0
+    logmel = json.loads((tmp / "results/toy/logmel.json").read_text())
+    assert logmel["results"][ds]["embedding_dim"] == 96 * 64 and "train" not in logmel
+
+    md = (tmp / "results/toy.md").read_text()
+    assert md == tables.render(exp)
+    rows = [line for line in md.splitlines() if line.startswith("| Log-mel |") or line.startswith("| Noise |")]
+    # Table 2 (both rows), Table 1 (noise), Table 3 (log-mel), with the measured numbers in them.
+    assert len(rows) == 4
+    noise_t2 = next(r for r in rows if r.startswith("| Noise | 16 |"))
+    assert f"| {q:.3f} |" in noise_t2
+
+
+def test_rerun_skips_finished_arms_and_check_passes(finished):
+    tmp, recipe = finished
+    exp = load_experiment(recipe)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp / "results/toy").iterdir()}
+    logs = []
+    assert run_experiment(exp, log=logs.append) == []
+    assert sum("skipped" in line for line in logs) == 2
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp / "results/toy").iterdir()} == before
+    result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_check_fails_on_a_stale_table(finished, tmp_path):
+    _, recipe = finished
+    exp = load_experiment(recipe)
+    original = exp.markdown.read_text()
+    try:
+        exp.markdown.write_text(original.replace("| Noise |", "| Noise (edited) |", 1))
+        result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
+        assert result.exit_code == 1 and "stale" in result.output
+    finally:
+        exp.markdown.write_text(original)
+
+
+def test_section_override_replaces_the_whole_table(tmp_path):
+    d = {"samplers": {"translation": {"weight": 1.0}, "gaussian_noise": {}}}
+    apply_override(d, "samplers={example_mixing={alpha=0.5}}")
+    assert d["samplers"] == {"example_mixing": {"alpha": 0.5}}
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        apply_override(d, "samplers=3")
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[experiment]\nbase = "b.toml"\ntriplets = 10\nruns = "r"\nresults = "x"\n'
+                   'markdown = "m.md"\ndatasets = ["fsdd"]\n[arms.a]\nkind = "evaluate"\n')
+    with pytest.raises(RecipeError, match="needs model"):
+        load_experiment(bad)
+    bad.write_text(bad.read_text().replace('kind = "evaluate"', 'tables = ["1"]'))
+    with pytest.raises(RecipeError, match="sweep"):
+        load_experiment(bad)
+
+
+def test_the_paper_recipe_resolves_to_valid_training_configs():
+    from training.experiments.runner import training_overrides
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "training/recipes/debian/paper_tables.toml")
+    for arm in exp.arms:
+        if arm.kind != "train":
+            continue
+        config = load_config(exp.base, training_overrides(exp, arm, Path("/nonexistent")))
+        assert config.dev["dataset"] == "debian-sfx-eval"
+        assert (config.lr, config.mining) in ((1e-4, True), (1e-6, False)), arm.name
+        if "explicit_label" in config.samplers:
+            assert arm.train_on == "debian-sfx-topline-train" and arm.role == "topline"

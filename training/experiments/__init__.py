@@ -1,0 +1,9 @@
+"""Experiments: a list of training arms, each trained from scratch to one triplet budget, then
+evaluated, then tabulated (``python -m training experiment RECIPE``).
+
+- :mod:`.recipe`: the experiment TOML (arms, budget, datasets) and its validation;
+- :mod:`.runner`: trains, exports and evaluates each arm, skipping finished ones (resumable);
+- :mod:`.tables`: the paper's Tables 1-3 as Markdown from the per-arm JSONs (with ``--check``);
+- :mod:`.figures`: PNG figures from the same JSONs (matplotlib, the ``train`` extra);
+- :mod:`.scratch`: the supervised-from-scratch light-supervision row of Table 3.
+"""
