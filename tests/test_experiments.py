@@ -53,6 +53,7 @@ markdown = "results/toy.md"
 datasets = ["{dataset}"]
 eval_cache = "eval_cache"
 set = ["train.lr=1e-3"]
+evaluation = {{epochs = 3, light_steps = 10, light_per_class = 2, light_trials = 2}}
 
 [arms.logmel]
 kind = "evaluate"

@@ -13,6 +13,7 @@ Example (``training/recipes/debian/paper_tables.toml`` is the real one)::
     nproc = 2                      # training processes per arm (torchrun); 1: in this process
     eval_threads = 2               # torch/BLAS threads while evaluating
     eval_cache = "~/.cache/audioembed/eval"  # window embeddings (evaluate --cache-dir)
+    # evaluation = {epochs = 50}   # EvalSettings fields other than the evaluator's defaults
     set = ["dev.every=100"]        # --set overrides for every training arm
 
     [arms.joint]                   # arms run in file order
@@ -51,7 +52,7 @@ ROLES = (None, "baseline", "topline")
 TABLES = ("1", "2", "3")
 PAPER_KEYS = ("qbe", "clf1", "clf2", "light")
 _EXPERIMENT_KEYS = {"base", "triplets", "runs", "results", "markdown", "figures", "datasets", "nproc",
-                    "set", "eval_threads", "seed", "title", "eval_cache"}
+                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation"}
 _ARM_KEYS = {"kind", "label", "tables", "role", "set", "train_on", "model", "sweep", "note", "paper",
              "extra_light_layers", "scratch"}
 
@@ -98,6 +99,7 @@ class Experiment:
     overrides: tuple[str, ...]
     eval_threads: int
     eval_cache: Path
+    evaluation: dict  # EvalSettings fields that differ from the evaluator's defaults
     seed: int
     title: str
     arms: tuple[Arm, ...]
@@ -107,6 +109,11 @@ class Experiment:
             if a.name == name:
                 return a
         raise RecipeError(f"{self.path}: no arm {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def eval_settings(self):
+        from training.evaluation.run import EvalSettings
+
+        return EvalSettings(seed=self.seed, **self.evaluation)
 
     def with_role(self, role: str) -> Arm | None:
         return next((a for a in self.arms if a.role == role), None)
@@ -157,6 +164,15 @@ def _arm(name: str, d: dict, where: str) -> Arm:
                extra_light_layers=tuple(extra), scratch=dict(d.get("scratch", {})))
 
 
+def _evaluation(d) -> dict:
+    from training.evaluation.run import EvalSettings
+
+    allowed = set(EvalSettings.__dataclass_fields__) - {"seed"}
+    if not isinstance(d, dict) or set(d) - allowed:
+        raise RecipeError(f"[experiment] evaluation takes the keys {sorted(allowed)}, got {d!r}")
+    return dict(d)
+
+
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read and validate an experiment recipe; relative paths resolve against its folder."""
     path = Path(path).resolve()
@@ -197,5 +213,6 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         datasets=_strings("[experiment] datasets", e["datasets"]), nproc=nproc,
         overrides=_strings("[experiment] set", e.get("set", [])),
         eval_threads=int(e.get("eval_threads", 1)),
-        eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here), seed=int(e.get("seed", 0)),
+        eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here),
+        evaluation=_evaluation(e.get("evaluation", {})), seed=int(e.get("seed", 0)),
         title=str(e.get("title", path.stem)), arms=arms)

@@ -190,7 +190,7 @@ def _evaluate(exp: Experiment, arm: Arm, model: str, run_dir: Path, log) -> dict
     """Every dataset's results; each is kept in the run folder as soon as it is done."""
     from threadpoolctl import threadpool_limits
 
-    from training.evaluation.run import EvalSettings, evaluate_model
+    from training.evaluation.run import evaluate_model
 
     out = {}
     expected = _sha256_of(model)
@@ -205,7 +205,7 @@ def _evaluate(exp: Experiment, arm: Arm, model: str, run_dir: Path, log) -> dict
             torch.set_num_threads(exp.eval_threads)
             try:
                 with threadpool_limits(limits=exp.eval_threads):
-                    results = evaluate_model(model, dataset, EvalSettings(seed=exp.seed),
+                    results = evaluate_model(model, dataset, exp.eval_settings(),
                                              cache_dir=exp.eval_cache, log=log)
                     if arm.extra_light_layers:
                         results["light_supervision_extra"] = _extra_light(model, dataset, arm, exp, log)
@@ -226,9 +226,9 @@ def _sha256_of(model: str) -> str | None:
 def _extra_light(model: str, dataset: str, arm: Arm, exp: Experiment, log) -> dict:
     """Light supervision with other hidden-layer counts (Table 3's 4x512 log-mel net)."""
     from training.evaluation import classifiers as clf
-    from training.evaluation.run import EvalSettings, classifier_data
+    from training.evaluation.run import classifier_data
 
-    settings = EvalSettings(seed=exp.seed)
+    settings = exp.eval_settings()
     data, splits, _ = classifier_data(model, dataset, settings, cache_dir=exp.eval_cache, log=log)
     return {str(n): clf.light_supervision(data, splits, settings.light_mlp(n), settings.light_per_class,
                                           settings.light_trials, settings.seed, log)
