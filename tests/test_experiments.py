@@ -77,7 +77,7 @@ def finished(tmp_path_factory):
     cache = synth_cache(tmp)
     (tmp / "toy").mkdir()
     recipe = write_recipe(tmp, cache, labelled_set(tmp / "toy"))
-    result = CliRunner().invoke(main, ["experiment", str(recipe), "--no-figures"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["experiment", str(recipe)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return tmp, recipe
 
@@ -104,6 +104,14 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     assert len(rows) == 4
     noise_t2 = next(r for r in rows if r.startswith("| Noise | 16 |"))
     assert f"| {q:.3f} |" in noise_t2
+
+
+def test_figures_are_drawn_from_the_results(finished):
+    tmp, _ = finished
+    for name in ("dev_qbe.png", "table2_bars.png"):
+        png = tmp / "figures" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+    assert not (tmp / "figures" / "map_2d.png").exists()  # the toy recipe asks for no map
 
 
 def test_rerun_skips_finished_arms_and_check_passes(finished):

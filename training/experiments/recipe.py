@@ -14,6 +14,7 @@ Example (``training/recipes/debian/paper_tables.toml`` is the real one)::
     eval_threads = 2               # torch/BLAS threads while evaluating
     eval_cache = "~/.cache/audioembed/eval"  # window embeddings (evaluate --cache-dir)
     # evaluation = {epochs = 50}   # EvalSettings fields other than the evaluator's defaults
+    map = {dataset = "debian-sfx", models = ["logmel", "triplet-resnet50-joint"]}  # 2-D map figure
     set = ["dev.every=100"]        # --set overrides for every training arm
 
     [arms.joint]                   # arms run in file order
@@ -52,7 +53,7 @@ ROLES = (None, "baseline", "topline")
 TABLES = ("1", "2", "3")
 PAPER_KEYS = ("qbe", "clf1", "clf2", "light")
 _EXPERIMENT_KEYS = {"base", "triplets", "runs", "results", "markdown", "figures", "datasets", "nproc",
-                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation"}
+                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation", "map"}
 _ARM_KEYS = {"kind", "label", "tables", "role", "set", "train_on", "model", "sweep", "note", "paper",
              "extra_light_layers", "scratch"}
 
@@ -100,6 +101,7 @@ class Experiment:
     eval_threads: int
     eval_cache: Path
     evaluation: dict  # EvalSettings fields that differ from the evaluator's defaults
+    map: dict | None  # {dataset, models}: the 2-D map figure, or None
     seed: int
     title: str
     arms: tuple[Arm, ...]
@@ -173,6 +175,14 @@ def _evaluation(d) -> dict:
     return dict(d)
 
 
+def _map(d) -> dict | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or set(d) != {"dataset", "models"} or not isinstance(d["models"], list):
+        raise RecipeError(f"[experiment] map must be {{dataset = \"...\", models = [...]}}, got {d!r}")
+    return dict(d)
+
+
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read and validate an experiment recipe; relative paths resolve against its folder."""
     path = Path(path).resolve()
@@ -214,5 +224,5 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         overrides=_strings("[experiment] set", e.get("set", [])),
         eval_threads=int(e.get("eval_threads", 1)),
         eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here),
-        evaluation=_evaluation(e.get("evaluation", {})), seed=int(e.get("seed", 0)),
+        evaluation=_evaluation(e.get("evaluation", {})), map=_map(e.get("map")), seed=int(e.get("seed", 0)),
         title=str(e.get("title", path.stem)), arms=arms)
