@@ -122,6 +122,11 @@ class AudioResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-mel windows ``(B, T, F)`` or ``(B, 1, T, F)`` -> unit-norm embeddings ``(B, D)``."""
+        return F.normalize(self.fc(self.pooled(x)), dim=1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The globally average-pooled features ``(B, 8 * 4 * base_width)`` (2048 for ResNet-50)
+        that the embedding layer ``fc`` maps to ``(B, D)``."""
         if x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
@@ -129,5 +134,4 @@ class AudioResNet(nn.Module):
                              f"got {tuple(x.shape)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)
-        return F.normalize(self.fc(x), dim=1)
+        return torch.flatten(self.avgpool(x), 1)

@@ -67,6 +67,12 @@ label = "Noise"
 tables = ["2", "1"]
 sweep = {{param = "σ", value = 0.5}}
 set = ["samplers={{gaussian_noise={{sigma=0.5}}}}", "train.mining=true"]
+
+[arms.scratch]
+kind = "scratch"
+label = "Scratch"
+tables = ["3"]
+scratch = {{steps = 3, batch_size = 4, layers = [1, 1, 1, 1], base_width = 8, bf16 = false}}
 ''')
     return recipe
 
@@ -102,6 +108,12 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     rows = [line for line in md.splitlines() if line.startswith("| Log-mel |") or line.startswith("| Noise |")]
     # Table 2 (both rows), Table 1 (noise), Table 3 (log-mel), with the measured numbers in them.
     assert len(rows) == 4
+    scratch = json.loads((tmp / "results/toy/scratch.json").read_text())["results"][ds]["light_supervision"]["scratch"]
+    assert len(scratch["trials"]) == 2 and 0 < scratch["map"] <= 1
+    # Trial t trains on the very clips the shallow light-supervision classifiers of trial t used.
+    shallow = logmel["results"][ds]["light_supervision"]["1"]["trials"]
+    assert [t["n_train"] for t in scratch["trials"]] == [t["n_train"] for t in shallow]
+    assert f"| Scratch | trained end to end | {scratch['map']:.3f} ± {scratch['map_sd']:.3f} |" in md
     noise_t2 = next(r for r in rows if r.startswith("| Noise | 16 |"))
     assert f"| {q:.3f} |" in noise_t2
 
@@ -120,7 +132,7 @@ def test_rerun_skips_finished_arms_and_check_passes(finished):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp / "results/toy").iterdir()}
     logs = []
     assert run_experiment(exp, log=logs.append) == []
-    assert sum("skipped" in line for line in logs) == 2
+    assert sum("skipped" in line for line in logs) == 3
     assert {p.name: p.stat().st_mtime_ns for p in (tmp / "results/toy").iterdir()} == before
     result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
     assert result.exit_code == 0, result.output
