@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 
-from audioembed import embed, extract
+from audioembed import AudioError, embed, extract
 from audioembed.cli import main
 
 
@@ -171,3 +172,118 @@ def test_channel_mean_is_the_float64_mean_of_file_blocks(channels):
     block = np.random.default_rng(channels).standard_normal((48000, channels)).astype(np.float32)
     expected = block.T.mean(axis=0, dtype=np.float64).astype(np.float32)
     assert np.array_equal(to_mono(block.T), expected)
+
+
+# --- Round 2 (issue 13): no input can crash, hang or poison a batch. ---
+
+
+def _tone(sr: int, seconds: float = 1.0, hz: float = 1000.0) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", [16001, 48001, 384001, 1001, 11111])
+def test_odd_rates_resample_in_bounded_memory_and_by_blocks(sr):
+    from audioembed import streaming
+    from audioembed.audio_io import resample
+
+    # The dense torchaudio filter for these rates is ~new x orig floats (16001 Hz: 1 GB).
+    assert not streaming.uses_dense_kernel(sr)
+    r = streaming.make_resampler(sr)
+    assert isinstance(r, streaming.PhaseResampler)
+    assert r.table.numel() * r.table.element_size() < 25e6
+    x = _tone(sr, 1.3, hz=200.0)  # below the Nyquist frequency of 1001 Hz
+    rng = np.random.default_rng(sr)
+    cuts = np.sort(rng.choice(np.arange(1, x.size), 6, replace=False))
+    blocks = [r.push(torch.from_numpy(b)) for b in np.split(x, cuts)] + [r.finish()]
+    got = torch.cat(blocks)
+    assert got.shape[0] == -(-16000 * x.size // sr)  # ceil(16 kHz * duration)
+    assert torch.equal(got, resample(x, sr))  # the same numbers however the input is cut
+    # The tone keeps its frequency and level: compare with the same tone made at 16 kHz,
+    # away from the edges (where both filters see the zero padding).
+    want = torch.from_numpy(_tone(16000, 1.3, hz=200.0))
+    torch.testing.assert_close(got[400:-400], want[400:got.shape[0] - 400], atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("sr", [8000, 11025, 22050, 44100, 96000])
+def test_phase_resampler_is_torchaudios_filter(sr):
+    import torchaudio.functional as AF
+
+    from audioembed import streaming
+
+    # The common rates keep torchaudio's dense filter (bit-identical, see test_streaming); the
+    # phase table is the same formula, checked against torchaudio in float64.
+    assert streaming.uses_dense_kernel(sr)
+    x = (0.2 * np.random.default_rng(sr).standard_normal(sr + 17)).astype(np.float32)
+    r = streaming.PhaseResampler(sr)
+    got = torch.cat([r.push(torch.from_numpy(x)), r.finish()])
+    want = AF.resample(torch.from_numpy(x.astype(np.float64)), sr, 16000, lowpass_filter_width=6,
+                       rolloff=0.99, resampling_method="sinc_interp_hann")
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+def test_odd_rate_files_embed_like_16k(make_wav, tiny_model_dir, tmp_path, one_thread):
+    ref = make_wav("ref.wav", _tone(16000, 2.0), sr=16000, subtype="FLOAT")
+    odd = [make_wav(f"r{sr}.wav", _tone(sr, 2.0), sr=sr, subtype="FLOAT") for sr in (16001, 48001)]
+    report = extract.run([ref, *odd], tmp_path / "out", model=tiny_model_dir)
+    assert report.failures == [] and report.succeeded == 3
+    e_ref = np.load(tmp_path / "out/ref.npy")
+    for path in odd:
+        assert float(np.load(tmp_path / "out" / f"{path.stem}.npy") @ e_ref) > 0.999
+
+
+def test_rates_below_1khz_are_refused(make_wav, tiny_model_dir, tmp_path):
+    slow = make_wav("slow.wav", sr=800, seconds=2.0)
+    report = extract.run([slow], tmp_path / "e.npy", model=tiny_model_dir)
+    [reason] = report.failures
+    assert reason.startswith(f"{slow}: sample rate 800 Hz is below 1000 Hz")
+    with pytest.raises(AudioError, match="below 1000 Hz"):
+        embed(np.zeros(800, np.float32), sr=800, model=tiny_model_dir)
+
+
+def test_an_unexpected_error_fails_that_input_only(make_wav, tiny_model_dir, tmp_path, monkeypatch):
+    from audioembed import streaming
+
+    files = [make_wav(f"d/{k}.wav", seconds=0.5, seed=i) for i, k in enumerate("abc")]
+    real_update = streaming.SampleChecker.update
+
+    def update(self, block):
+        if self.name.endswith("b.wav"):
+            raise RuntimeError("simulated bug\nsecond line")
+        real_update(self, block)
+
+    monkeypatch.setattr(streaming.SampleChecker, "update", update)
+    for workers in (0, 1):
+        out = tmp_path / f"out{workers}"
+        report = extract.run(files, out, model=tiny_model_dir, workers=workers)
+        assert report.failures == [f"{files[1]}: failed with RuntimeError: simulated bug second line"]
+        assert sorted(p.name for p in out.iterdir()) == ["a.npy", "c.npy"]
+
+    def interrupt(self, block):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streaming.SampleChecker, "update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract.run(files, tmp_path / "out_int", model=tiny_model_dir)
+
+
+def test_huge_finite_samples_fail_instead_of_a_nan_embedding(make_wav, tiny_model_dir, tmp_path):
+    from audioembed import hear
+    from audioembed.loading import load_model
+
+    huge = (4e18 * _tone(16000, 1.5) / 0.3).astype(np.float32)
+    assert np.isfinite(huge).all()
+    path = make_wav("huge.wav", huge, subtype="FLOAT")
+    good = make_wav("good.wav", seconds=1.0)
+    report = extract.run([path, good], tmp_path / "out", model=tiny_model_dir)
+    [reason] = report.failures
+    assert reason.startswith(f"{path}: its embedding is not finite") and "peak 4e+18" in reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.npy"]
+    with pytest.raises(AudioError, match="not finite"):
+        embed(huge, sr=16000, model=tiny_model_dir)
+    model = hear.HearModel(load_model(tiny_model_dir))
+    batch = torch.stack([torch.from_numpy(_tone(16000, 1.5)), torch.from_numpy(huge)])
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=r"sounds \[1\] are not finite"):
+            fn(batch, model)
