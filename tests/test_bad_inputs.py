@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from audioembed import AudioError, embed, extract
+from audioembed import AudioError, TruncatedAudioWarning, embed, extract
 from audioembed.cli import main
 
 
@@ -287,3 +287,124 @@ def test_huge_finite_samples_fail_instead_of_a_nan_embedding(make_wav, tiny_mode
     for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
         with pytest.raises(ValueError, match=r"sounds \[1\] are not finite"):
             fn(batch, model)
+
+
+def _run_with_deadline(seconds: float, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a thread; fail (rather than hang the suite) if it blocks."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["out"] = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} still running after {seconds} s: it hangs"
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
+
+
+def test_a_fifo_is_refused_not_waited_on(make_wav, tiny_model_dir, tmp_path):
+    good = make_wav("d/good.wav", seconds=0.5)
+    fifo = tmp_path / "d" / "pipe.wav"
+    os.mkfifo(fifo)
+    report = _run_with_deadline(120, extract.run, [tmp_path / "d"], tmp_path / "out", model=tiny_model_dir)
+    assert report.failures == [f"{fifo}: is a FIFO (named pipe), not a regular file; skipped"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.npy"]
+    report = _run_with_deadline(120, extract.run, [good, fifo], tmp_path / "out2", model=tiny_model_dir)
+    [reason] = report.failures
+    assert reason.startswith(f"{fifo}: is a FIFO (named pipe), not a regular file")
+    with pytest.raises(AudioError, match="FIFO"):
+        _run_with_deadline(120, embed, fifo, model=tiny_model_dir)
+
+
+def test_dev_stdin_is_still_read_as_a_stream(make_wav, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    wav = make_wav("in.wav", seconds=1.5)
+    out = tmp_path / "e.npy"
+    with open(wav, "rb") as stdin:
+        res = subprocess.run([sys.executable, "-m", "audioembed", "extract", "/dev/stdin", "-o", str(out),
+                              "--model", str(tiny_model_dir), "-q"], stdin=stdin, capture_output=True,
+                             text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(np.load(out), embed(wav, model=tiny_model_dir), atol=1e-6)
+
+
+def test_non_utf8_file_names_are_embedded(make_wav, tiny_model_dir, tmp_path):
+    src = make_wav("d/plain.wav", seconds=0.8)
+    raw = os.fsencode(tmp_path / "d") + b"/caf\xe9.wav"
+    os.rename(src, raw)
+    bad_raw = os.fsencode(tmp_path / "d") + b"/bad\xff.wav"
+    with open(bad_raw, "wb") as f:
+        f.write(b"not audio at all, just text\n")
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "d"), "-o", str(tmp_path / "out"),
+                                    "--model", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 1
+    out = os.fsencode(tmp_path / "out") + b"/caf\xe9.npy"
+    assert os.path.exists(out)
+    np.testing.assert_allclose(np.load(out), embed(os.fsdecode(raw), model=tiny_model_dir), atol=1e-6)
+    # Printed with the undecodable byte escaped, and for the right reason.
+    assert f"{tmp_path / 'd'}/bad\\xff.wav: is a text file, not audio" in res.stderr
+    report = extract.run([os.fsdecode(raw)], tmp_path / "all.npz", model=tiny_model_dir)
+    assert report.failures == []
+    assert os.fsencode(str(np.load(tmp_path / "all.npz")["names"][0])) == raw
+
+
+def test_longest_legal_file_names_are_written(make_wav, tiny_model_dir, tmp_path):
+    name = "n" * 251 + ".wav"  # 255 bytes, the most a file name may hold; its output is too
+    wav = make_wav(f"d/{name}", seconds=0.5)
+    report = extract.run([wav], tmp_path / "out", model=tiny_model_dir)
+    assert report.failures == [] and (tmp_path / "out" / ("n" * 251 + ".npy")).exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["n" * 251 + ".npy"]
+    report = extract.run([wav], tmp_path / "win", model=tiny_model_dir, windows=True)
+    [reason] = report.failures  # STEM.windows.npy cannot exist: said before any work
+    assert "would be 263 bytes, more than a file name may hold (255)" in reason
+
+
+def _truncated_copy(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    cut = path.with_name(f"cut_{path.name}")
+    cut.write_bytes(data[:int(len(data) * fraction)])
+    return cut
+
+
+@pytest.mark.parametrize("ext,fraction,phrase", [
+    ("wav", 0.5, "the header declares 32000 frames (2.00 s) but the file holds 15989 (1.00 s)"),
+    ("ogg", 0.97, "the Ogg stream ends without its final page"),
+    ("opus", 0.9, "the Ogg stream ends without its final page"),
+    ("mp3", 0.5, "the header declares 32000 frames (2.00 s) but the file holds"),
+])
+def test_truncated_files_warn_and_embed_what_is_there(ext, fraction, phrase, make_wav, tiny_model_dir,
+                                                       tmp_path):
+    whole = tmp_path / f"whole.{ext}"
+    noise = (0.1 * np.random.default_rng(0).standard_normal(32000)).astype(np.float32)
+    sf.write(whole, noise, 16000, **({"format": "OGG", "subtype": "OPUS"} if ext == "opus" else {}))
+    cut = _truncated_copy(whole, fraction)
+    res = CliRunner().invoke(main, ["extract", str(cut), "-o", str(tmp_path / "e.npy"),
+                                    "--model", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith(f"warning: {cut}: truncated: {phrase}")
+    assert np.load(tmp_path / "e.npy").shape == (128,)
+    with pytest.warns(TruncatedAudioWarning, match="truncated"):
+        embed(cut, model=tiny_model_dir)
+    strict = CliRunner().invoke(main, ["extract", str(cut), "-o", str(tmp_path / "s.npy"),
+                                       "--model", str(tiny_model_dir), "-q", "--strict"])
+    assert strict.exit_code == 1 and "(--strict)" in strict.stderr and phrase in strict.stderr
+    assert not (tmp_path / "s.npy").exists()
+    # The whole file says nothing.
+    assert extract.run([whole], tmp_path / "w.npy", model=tiny_model_dir).warnings == []
+
+
+def test_strict_fails_all_zero_audio(make_wav, tiny_model_dir, tmp_path):
+    silent = make_wav("silent.wav", np.zeros(16000, np.float32))
+    report = extract.run([silent], tmp_path / "e.npy", model=tiny_model_dir, strict=True)
+    assert report.failures == [f"{silent}: audio is all zeros; its embedding is that of silence (--strict)"]
+    assert not (tmp_path / "e.npy").exists()
