@@ -408,3 +408,203 @@ def test_strict_fails_all_zero_audio(make_wav, tiny_model_dir, tmp_path):
     report = extract.run([silent], tmp_path / "e.npy", model=tiny_model_dir, strict=True)
     assert report.failures == [f"{silent}: audio is all zeros; its embedding is that of silence (--strict)"]
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_an_unwritable_output_is_a_usage_error_before_any_work(make_wav, tiny_model_dir, tmp_path):
+    wav = make_wav("a.wav", seconds=0.5)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in [blocker / "out", blocker / "e.npy", Path("/proc/audioembed-no-such/out")]:
+        res = CliRunner().invoke(main, ["extract", str(wav), "-o", str(out), "--model", "/nonexistent"])
+        # Exit 2 from the output check: the (missing) model is never reached.
+        assert res.exit_code == 2 and "--model" not in res.output, res.output
+        assert f"-o {out}: " in res.output and ".tmp" not in res.output
+    res = CliRunner().invoke(main, ["extract", str(wav), "-o", "", "--model", str(tiny_model_dir)])
+    assert res.exit_code == 2 and "output path is empty" in res.output
+    assert not (Path.cwd() / "a.npy").exists()
+
+
+def test_a_failed_write_names_the_real_file(make_wav, tiny_model_dir, tmp_path):
+    wav = make_wav("a.wav", seconds=0.5)
+    (tmp_path / "out" / "a.npy" / "occupied").mkdir(parents=True)  # a folder where a.npy goes
+    report = extract.run([wav], tmp_path / "out", model=tiny_model_dir, overwrite=True)
+    [reason] = report.failures
+    assert reason.startswith(f"{wav}: cannot write {tmp_path / 'out' / 'a.npy'}: ")
+    assert ".tmp" not in reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npy"]  # no temp left
+
+
+def test_an_archive_that_cannot_be_written_is_rescued(make_wav, tiny_model_dir, tmp_path, monkeypatch):
+    from audioembed import outputs
+
+    wavs = [make_wav(f"d/{k}.wav", seconds=0.5, seed=i) for i, k in enumerate("ab")]
+    target = tmp_path / "all.npz"
+    real_atomic_write = outputs.atomic_write
+
+    def disk_full_at_target(path, write, fsync=False):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device", str(path))
+        real_atomic_write(path, write, fsync)
+
+    monkeypatch.setattr(outputs, "atomic_write", disk_full_at_target)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "rescue"))
+    (tmp_path / "rescue").mkdir()
+    report = extract.run([tmp_path / "d"], target, model=tiny_model_dir)
+    [reason] = report.failures
+    rescued = tmp_path / "rescue" / f"all.rescued-{os.getpid()}.npz"
+    assert reason == (f"{target}: cannot write: No space left on device; the 2 embeddings were "
+                      f"saved to {rescued} instead")
+    z = np.load(rescued)
+    assert z["names"].tolist() == [str(w) for w in wavs]
+    np.testing.assert_allclose(z["embeddings"], embed(wavs, model=tiny_model_dir), atol=1e-6)
+
+
+def _interrupt_on(monkeypatch, name_suffix: str, action):
+    """Run ``action`` when the frontend starts reading the input whose name ends so."""
+    from audioembed import streaming
+
+    real_update = streaming.SampleChecker.update
+
+    def update(self, block):
+        if self.name.endswith(name_suffix) and self.count == 0:
+            action()
+        real_update(self, block)
+
+    monkeypatch.setattr(streaming.SampleChecker, "update", update)
+
+
+@pytest.mark.parametrize("how,code", [("ctrl-c", 130), ("sigterm", 143)])
+def test_interrupted_runs_exit_130_or_143_and_leave_no_partial_files(how, code, make_wav, tiny_model_dir,
+                                                                      tmp_path, monkeypatch):
+    import signal
+
+    for i, k in enumerate("abc"):
+        make_wav(f"d/{k}.wav", seconds=0.5, seed=i)
+
+    def interrupt():
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler the command installs
+
+    _interrupt_on(monkeypatch, "c.wav", interrupt)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["extract", str(tmp_path / "d"), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir),
+            "-q", "--workers", "0", "--batch-size", "1"]  # a and b are written before c is read
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == code, res.output
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert ("terminated (SIGTERM)" if how == "sigterm" else "interrupted (Ctrl-C)") in res.stderr
+    # Inputs before the interrupt are written whole; nothing partial or temporary is left.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npy", "b.npy"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(main, [*args, "--skip-existing"])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npy", "b.npy", "c.npy"]
+
+
+def test_skip_existing_resumes_only_missing_or_incomplete_outputs(make_wav, tiny_model_dir, tmp_path):
+    wavs = [make_wav(f"d/{k}.wav", seconds=0.5, seed=i) for i, k in enumerate("abcd")]
+    out = tmp_path / "out"
+    assert extract.run([tmp_path / "d"], out, model=tiny_model_dir, windows=True).succeeded == 4
+    (out / "b.npy").unlink()  # interrupted before the input's last file
+    (out / "c.npy").write_bytes((out / "c.npy").read_bytes()[:-8])  # not a whole .npy
+    mtime_a = (out / "a.npy").stat().st_mtime_ns
+    report = extract.run([tmp_path / "d"], out, model=tiny_model_dir, windows=True, skip_existing=True)
+    assert (report.succeeded, report.skipped, report.failures) == (2, 2, [])
+    assert (out / "a.npy").stat().st_mtime_ns == mtime_a
+    for w in wavs:
+        np.testing.assert_allclose(np.load(out / f"{w.stem}.npy"), embed(w, model=tiny_model_dir), atol=1e-6)
+    with pytest.raises(extract.UsageError, match="contradict"):
+        extract.run([tmp_path / "d"], out, model=tiny_model_dir, skip_existing=True, overwrite=True)
+    with pytest.raises(extract.UsageError, match="npy outputs"):
+        extract.run([tmp_path / "d"], tmp_path / "e.npz", model=tiny_model_dir, skip_existing=True)
+
+
+def test_stale_temp_files_of_killed_runs_are_removed(make_wav, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from audioembed import outputs
+
+    wav = make_wav("d/a.wav", seconds=0.5)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = outputs._host_tag()
+    stale = out / f".audioembed-{host}-{dead_pid}-0123abcd.tmp"  # its process is gone
+    live = out / f".audioembed-{host}-{os.getpid()}-0123abcd.tmp"  # a live process's write
+    old_style = out / ".x.npy.89abcdef.tmp"  # the long names of earlier versions, long untouched
+    recent_old_style = out / ".y.npy.89abcdef.tmp"
+    user_file = out / ".notes.tmp"  # not ours
+    for p in (stale, live, old_style, recent_old_style, user_file):
+        p.write_bytes(b"partial")
+    long_ago = time.time() - 2 * outputs.STALE_SECONDS
+    os.utime(old_style, (long_ago, long_ago))
+    report = extract.run([wav], out, model=tiny_model_dir)
+    assert report.failures == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["a.npy", live.name, recent_old_style.name, user_file.name])
+    assert report.notes == [f"removed 2 temporary files left by an interrupted run in {out}"]
+
+
+def test_antiphase_stereo_says_the_downmix_cancels(make_wav, tiny_model_dir, tmp_path):
+    left = (0.1 * np.random.default_rng(3).standard_normal(16000)).astype(np.float32)
+    wav = make_wav("anti.wav", np.stack([left, -left], axis=1), subtype="FLOAT")
+    report = extract.run([wav], tmp_path / "e.npy", model=tiny_model_dir)
+    assert report.warnings == [f"{wav}: its channels cancel when averaged to mono (e.g. stereo in "
+                               "antiphase), leaving all zeros; its embedding is that of silence"]
+    with pytest.warns(UserWarning, match="channels cancel"):
+        embed(np.stack([left, -left]), sr=16000, model=tiny_model_dir)
+
+
+def test_symlink_loop_is_not_called_broken(tiny_model_dir, tmp_path):
+    os.symlink(tmp_path / "loop_b.wav", tmp_path / "loop_a.wav")
+    os.symlink(tmp_path / "loop_a.wav", tmp_path / "loop_b.wav")
+    report = extract.run([tmp_path / "loop_a.wav"], tmp_path / "e.npy", model=tiny_model_dir)
+    assert report.failures == [f"{tmp_path / 'loop_a.wav'}: symbolic link loop (the link points, in "
+                               "the end, back to itself)"]
+
+
+def test_folder_scans_count_the_files_they_skip(make_wav, tiny_model_dir, tmp_path):
+    make_wav("d/a.wav", seconds=0.5)
+    for name in ["x.m4a", "y.m4a", "notes.txt", "README"]:
+        (tmp_path / "d" / name).write_bytes(b"x")
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "d"), "-o", str(tmp_path / "out"),
+                                    "--model", str(tiny_model_dir)])
+    assert res.exit_code == 0
+    assert ("note: skipped 4 files without an audio extension in the folders searched (.m4a 2, "
+            "(no extension) 1, .txt 1); name a file explicitly to try it anyway") in res.stderr
+
+
+def test_a_missing_named_input_does_not_say_0_of_0(tiny_model_dir, tmp_path):
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "gone.wav"), "-o", str(tmp_path / "e.npy"),
+                                    "--model", str(tiny_model_dir)])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == "1 failed (no audio inputs found):"
+    assert "0 of 0" not in res.stderr
+
+
+def test_a_huge_batch_size_does_not_queue_a_long_file(tiny_model_dir):
+    from audioembed import api
+    from audioembed.loading import load_model
+
+    net = load_model(tiny_model_dir)
+    sizes = []
+
+    def model(windows):
+        sizes.append(windows.shape[0])
+        return api._forward(net, windows)
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 60)).astype(np.float32)
+    features = api.iter_features([x], 16000, hop=0.24)  # 248 windows of 0.96 s, hop 0.24 s
+    monkey_cap = api.MAX_QUEUED_WINDOWS
+    try:
+        api.MAX_QUEUED_WINDOWS = 100
+        [res] = list(api.iter_embeddings(features, model, batch_size=10**6))
+    finally:
+        api.MAX_QUEUED_WINDOWS = monkey_cap
+    assert sizes == [100, 100, 48] and res.window_embeddings.shape[0] == 248
+    np.testing.assert_allclose(res.embedding, embed(x, sr=16000, hop=0.24, model=net), atol=1e-5)

@@ -323,3 +323,21 @@ def test_extract_with_the_bundled_default_model(tmp_path):
     e = np.load(out)
     assert e.shape == (128,)
     assert_unit(e)
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from audioembed.cli import main\n"
+            "try:\n    main(['--help'], prog_name='audioembed')\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Usage: audioembed" in res.stdout
+
+
+def test_cli_defaults_match_the_library():
+    from audioembed import api, cli
+
+    assert cli.DEFAULT_HOP_SECONDS == frontend.DEFAULT_HOP_SECONDS
+    assert cli.DEFAULT_BATCH_SIZE == api.DEFAULT_BATCH_SIZE
+    assert cli.BACKENDS == api.BACKENDS and cli.FORMATS == extract.FORMATS
