@@ -264,6 +264,7 @@ def model_info(model: str | None) -> tuple[dict, str | None]:
     """
     from audioembed import extract as extract_mod, frontend, registry
     from audioembed.loading import HF_PREFIX, load_model
+    from audioembed.model_folder import release_provenance
 
     name = model or registry.DEFAULT_MODEL
     entry = registry.get(name)
@@ -291,7 +292,8 @@ def model_info(model: str | None) -> tuple[dict, str | None]:
             "sha256": net.info.get("sha256"),
             "parameters": sum(p.numel() for p in net.parameters()),
             "config": net.info["config"].get("model"),
-            "provenance": net.info["config"].get("provenance"),
+            # Sanitised as a release records it, for folders saved before save_model_folder did.
+            "provenance": release_provenance(net.info["config"].get("provenance")),
         })
     info["frontend"] = frontend.config()
     info["registered_models"] = registry.list_models()
