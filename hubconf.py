@@ -1,9 +1,12 @@
 """torch.hub entry points.
 
     >>> import torch, audioembed
-    >>> net = torch.hub.load("OWNER/audioembed", "triplet_resnet50_joint")  # weights not released yet
-    >>> net = torch.hub.load("OWNER/audioembed", "load_model", "path/to/model_folder")
-    >>> e = audioembed.embed("clip.wav", model=net)
+    >>> net = torch.hub.load("path/to/audioembed", "triplet_resnet50_joint", source="local")
+    >>> net = torch.hub.load("path/to/audioembed", "load_model", "path/to/model_folder", source="local")
+    >>> e = audioembed.embed("examples/audio/chime_and_knocks.wav", model=net)
+
+From GitHub, ``torch.hub.load("<owner>/audioembed", "triplet_resnet50_joint")``, where
+``<owner>`` is the account hosting the repository.
 
 The network takes log-mel windows ``(batch, 96, 64)``; ``audioembed.embed`` runs the frontend.
 Imports stay inside the functions so that only the two loaders are listed as entry points.
@@ -15,8 +18,9 @@ dependencies = ["torch", "torchaudio", "numpy", "soundfile", "safetensors"]
 def triplet_resnet50_joint(pretrained: bool = True, **kwargs):
     """The paper's ResNet-50 trained on joint unsupervised triplets, 128-d unit-norm output.
 
-    ``pretrained=True`` loads the released weights (``audioembed.DEFAULT_MODEL``); until they
-    are released this raises ``audioembed.ModelNotAvailableError``. ``pretrained=False``: the
+    ``pretrained=True`` loads the released weights bundled with the package
+    (``audioembed.DEFAULT_MODEL``, see MODEL_CARD.md); a checkout without the weights file
+    raises ``audioembed.ModelNotAvailableError``. ``pretrained=False``: the
     same network, randomly initialised, in eval mode. ``kwargs`` go to ``audioembed.load_model``
     (``device``, ``cache_dir``, ...).
     """

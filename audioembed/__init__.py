@@ -7,15 +7,30 @@ Importing this package downloads nothing; only ``hf-hub:`` model names reach the
 """
 __version__ = "0.1.0"
 
-from audioembed.api import Embeddings, embed
-from audioembed.audio_io import AudioError, SilentAudioWarning
-from audioembed.loading import ModelNotAvailableError, load_model
-from audioembed.model import AudioResNet, ModelConfig
-from audioembed.model_folder import ModelFormatError, save_model_folder
-from audioembed.registry import DEFAULT_MODEL, list_models
+import importlib
 
-__all__ = [
-    "AudioError", "AudioResNet", "DEFAULT_MODEL", "Embeddings", "ModelConfig", "ModelFormatError",
-    "ModelNotAvailableError", "SilentAudioWarning", "__version__", "embed", "list_models",
-    "load_model", "save_model_folder",
-]
+# Where each public name lives. They are imported on first use (PEP 562), so that
+# ``import audioembed.cli`` for ``audioembed --help`` does not import torch (seconds, ~600 MB).
+_EXPORTS = {
+    "Embeddings": "api", "embed": "api",
+    "AudioError": "audio_io", "SilentAudioWarning": "audio_io", "TruncatedAudioWarning": "audio_io",
+    "ModelNotAvailableError": "loading", "load_model": "loading",
+    "AudioResNet": "model", "ModelConfig": "model",
+    "ModelFormatError": "model_folder", "save_model_folder": "model_folder",
+    "DEFAULT_MODEL": "registry", "list_models": "registry",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'audioembed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"audioembed.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,12 +11,17 @@ import numpy as np
 import torch
 
 from audioembed import frontend
-from audioembed.audio_io import SilentAudioWarning, silence_message
+from audioembed.audio_io import AudioError, SilentAudioWarning, TruncatedAudioWarning, silence_message
 from audioembed.model import AudioResNet
 from audioembed.pipeline import ordered_chunks
 from audioembed.streaming import FeatureChunk, input_chunks
 
 DEFAULT_BATCH_SIZE = 64
+# The most windows waiting for, or going through, the network at once, whatever the batch size:
+# a forward pass of ResNet-50 holds ~1.7 MB of activations per window, so --batch-size 1000000
+# on a 30-minute file (1875 windows) took 3.3 GB; 256 keep it under ~0.5 GB. Batches are split
+# at this size; results do not depend on the batch size.
+MAX_QUEUED_WINDOWS = 256
 _MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
 
 
@@ -36,7 +41,8 @@ class Embeddings(NamedTuple):
 class ItemResult:
     """One input's outcome from :func:`iter_embeddings`: its windows' embeddings, or its error.
 
-    ``silent``: the input was all zeros (it is embedded; callers warn).
+    ``silent``: the input was all zeros (it is embedded; callers warn; ``cancelled``: because
+    its channels cancelled in the downmix). ``warnings``: one-line notes naming it (truncated).
     """
 
     index: int
@@ -45,6 +51,9 @@ class ItemResult:
     timestamps: np.ndarray | None = None
     error: Exception | None = None
     silent: bool = False
+    cancelled: bool = False
+    warnings: list[str] = field(default_factory=list)
+    peak: float = 0.0
     _parts: list = field(default_factory=list, repr=False)
     _times: list = field(default_factory=list, repr=False)
     _remaining: int = 0  # windows queued but not yet through the network
@@ -154,6 +163,7 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = min(batch_size, MAX_QUEUED_WINDOWS)
     order: deque[ItemResult] = deque()
     open_items: dict[int, ItemResult] = {}
     queue: deque[tuple[ItemResult, torch.Tensor]] = deque()
@@ -191,9 +201,12 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
         while order and order[0]._complete and order[0]._remaining == 0:
             res = order.popleft()
             if res.error is None:
-                res.window_embeddings = np.concatenate(res._parts)
-                res.timestamps = np.concatenate(res._times)
-                res._parts, res._times = [], []
+                window_embeddings = np.concatenate(res._parts)
+                res._parts, times, res._times = [], res._times, []
+                if np.isfinite(window_embeddings).all():
+                    res.window_embeddings, res.timestamps = window_embeddings, np.concatenate(times)
+                else:
+                    res.error = AudioError(non_finite_message(res.name, res.peak))
             yield res
 
     for chunk in features:
@@ -209,7 +222,8 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
             res._remaining += chunk.windows.shape[0]
             res._times.append(chunk.timestamps)
         if chunk.last:
-            res._complete, res.silent = True, chunk.silent
+            res._complete, res.silent, res.cancelled = True, chunk.silent, chunk.cancelled
+            res.peak, res.warnings = chunk.peak, list(chunk.warnings or [])
             del open_items[chunk.index]
         while queued >= batch_size:
             run_batch(batch_size)
@@ -217,6 +231,13 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
     while queued:
         run_batch(min(queued, batch_size))
     yield from finished()
+
+
+def non_finite_message(name: str, peak: float) -> str:
+    """Why an input whose samples are finite gave a non-finite embedding: they are so large
+    that the power spectrum overflows float32."""
+    return (f"{name}: its embedding is not finite: samples too large for the frontend (peak "
+            f"{peak:.3g}; float audio is expected within [-1, 1]); scale it down")
 
 
 def _is_single(audio) -> bool:
@@ -254,7 +275,12 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         ``windows=True``, an :class:`Embeddings` tuple.
 
     Raises:
-        AudioError: an input cannot be read or is empty or non-finite (message names it).
+        AudioError: an input cannot be read, is empty, has non-finite samples or samples so
+            large that its embedding is not finite (the message names it).
+
+    Warns:
+        SilentAudioWarning: an input is all zeros. TruncatedAudioWarning: a file holds less
+        audio than its header declares (the readable part is embedded).
     """
     single = _is_single(audio)
     items = [audio] if single else list(audio)
@@ -270,8 +296,10 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     for res in results:
         if res.error is not None:
             raise res.error
+        for line in res.warnings:
+            warnings.warn(line, TruncatedAudioWarning, stacklevel=2)
         if res.silent:
-            warnings.warn(silence_message(res.name), SilentAudioWarning, stacklevel=2)
+            warnings.warn(silence_message(res.name, res.cancelled), SilentAudioWarning, stacklevel=2)
         out.append(res)
     segs = np.stack([r.embedding for r in out])
     if not windows:

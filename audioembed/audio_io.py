@@ -5,8 +5,11 @@ run can list it and go on.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
+import struct
 import warnings
 from functools import lru_cache
 from typing import Iterator
@@ -23,6 +26,21 @@ class AudioError(ValueError):
 
 class SilentAudioWarning(UserWarning):
     """The input is all zeros: it is embedded, but its embedding carries no information."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """The file holds less audio than its header declares: the readable part is embedded."""
+
+
+# Sample rates an input may have. Below 1 kHz nothing in the frontend's 125-7500 Hz band
+# survives; above 768 kHz (twice the fastest common converters) the resampling filter of an
+# odd rate would need hundreds of MB. Within the range any integer rate is resampled.
+MIN_RATE = 1_000
+MAX_RATE = 768_000
+
+# Named explicitly, this pipe is read like a file; any other non-regular file is refused,
+# since opening a FIFO (or a device) can block forever.
+STDIN_PATHS = frozenset({"/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 
 
 # Extensions a folder or glob is searched for: the formats libsndfile (soundfile) decodes.
@@ -70,11 +88,54 @@ def _libsndfile_reason(exc: Exception) -> str:
     return re.sub(r"^Error opening .*?: ", "", reason.splitlines()[-1]).rstrip(".")
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse a path that is not a regular file (after links), unless it is stdin: opening a
+    FIFO waits for a writer, possibly forever, and a device may never end."""
+    if path in STDIN_PATHS:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing, looping, unreadable: the open fails and describe_read_failure says why
+    if stat.S_ISDIR(mode):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"{path}: is {file_kind(mode)}, not a regular file; only /dev/stdin "
+                         "is read as a stream")
+
+
+def check_input_rate(sr, name: str) -> int:
+    """``sr`` as an int if it is a sample rate audioembed resamples, else an AudioError."""
+    rate = _check_rate(sr)
+    if rate < MIN_RATE:
+        raise AudioError(f"{name}: sample rate {rate} Hz is below {MIN_RATE} Hz; audio this "
+                         "slow holds nothing of the 125-7500 Hz band the model listens to")
+    if rate > MAX_RATE:
+        raise AudioError(f"{name}: sample rate {rate} Hz is above the {MAX_RATE} Hz supported; "
+                         "resample it first, e.g. with sox or ffmpeg")
+    return rate
+
+
 def describe_read_failure(path: str, exc: Exception) -> str:
     """A one-line reason, naming ``path``, why soundfile could not open it."""
     if not os.path.lexists(path):
         return f"{path}: no such file"
     if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"{path}: symbolic link loop (the link points, in the end, back to itself)"
         return f"{path}: broken symbolic link"
     if os.path.isdir(path):
         return f"{path}: is a directory, not an audio file"
@@ -113,18 +174,32 @@ class AudioSource:
     def __init__(self, audio, sr: int | None = None, name: str | None = None):
         self._file = None
         self._samples = None
-        if isinstance(audio, (str, os.PathLike)):
-            path = os.fspath(audio)
+        self._path = None
+        # Whether some channel held a nonzero sample: all-zero mono audio then means the
+        # channels cancelled in the downmix (stereo in antiphase), not silence.
+        self.channels_nonzero = False
+        if isinstance(audio, (str, bytes, os.PathLike)):
+            path = os.fsdecode(audio)
             self.name = name or path
+            self._path = path
+            check_regular_file(path)
             try:
-                self._file = sf.SoundFile(path)
+                # As bytes: soundfile encodes a str path strictly, which fails for a file name
+                # that is not valid UTF-8 (os functions give it with surrogate escapes).
+                self._file = sf.SoundFile(os.fsencode(path))
             except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
                 raise AudioError(describe_read_failure(path, exc)) from exc
-            self.rate = int(self._file.samplerate)
+            try:
+                self.rate = check_input_rate(int(self._file.samplerate), self.name)
+            except AudioError:
+                self._file.close()
+                raise
         else:
             self.name = name or "<array>"
+            self.rate = check_input_rate(sr, self.name) if sr is not None else None
             self._samples = as_waveform(audio, sr, name=self.name)
-            self.rate = _check_rate(sr)
+            if not self._samples.any():
+                self.channels_nonzero = _any_nonzero(audio)
 
     def __enter__(self) -> "AudioSource":
         return self
@@ -151,9 +226,98 @@ class AudioSource:
                                  f"({_libsndfile_reason(exc)})") from exc
             if data.shape[0] == 0:
                 return
-            yield to_mono(data.T, name=self.name)
+            mono = to_mono(data.T, name=self.name)
+            if not self.channels_nonzero and data.shape[1] > 1 and not mono.any() and data.any():
+                self.channels_nonzero = True
+            yield mono
             if frames < 0:
                 return
+
+    def truncation(self, frames_read: int) -> str | None:
+        """Why the file seems cut short, naming it, after ``frames_read`` frames were read; or
+        None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
+        if self._file is None or not self._file.seekable():
+            return None
+        fmt = self._file.format
+        declared = None
+        try:
+            if fmt == "WAV":
+                declared = _wav_declared_frames(self._path)
+            elif fmt == "OGG":
+                if not _ogg_ends_cleanly(self._path):
+                    return (f"{self.name}: truncated: the Ogg stream ends without its final page; "
+                            f"{_seconds(frames_read, self.rate)} could be read")
+                return None
+        except OSError:
+            return None  # unreadable now: the read itself would have failed
+        if declared is None:
+            declared = self._file.frames
+        # An MP3 without a Xing/VBRI header has its length estimated from the bitrate, which
+        # can be off by a frame or two (1152 samples each).
+        slack = 2 * 1152 if fmt == "MPEG" else 0
+        if declared - frames_read > slack:
+            return (f"{self.name}: truncated: the header declares {declared} frames "
+                    f"({_seconds(declared, self.rate)}) but the file holds {frames_read} "
+                    f"({_seconds(frames_read, self.rate)})")
+        return None
+
+
+def _seconds(frames: int, rate: int) -> str:
+    return f"{frames / rate:.2f} s"
+
+
+def _any_nonzero(audio) -> bool:
+    if isinstance(audio, torch.Tensor):
+        return bool(audio.detach().ne(0).any())
+    return bool(np.any(np.asarray(audio)))
+
+
+def _wav_declared_frames(path: str) -> int | None:
+    """Frames the RIFF header's ``data`` chunk declares (libsndfile trims them to the file)."""
+    with open(os.fsencode(path), "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(min(size, 16))
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+                f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+            elif cid == b"data":
+                # 0 and 0xFFFFFFFF: a stream written before its length was known.
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _ogg_ends_cleanly(path: str) -> bool:
+    """Whether the file's last Ogg page is whole and marks the end of its stream."""
+    with open(os.fsencode(path), "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        # A page is at most 27 + 255 + 255 * 255 bytes.
+        tail_start = max(0, size - 65_307 * 2)
+        f.seek(tail_start)
+        tail = f.read()
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        header = tail[at:at + 27]
+        if len(header) == 27 and header[4] == 0:  # stream structure version 0: a real page
+            n_segments = header[26]
+            table = tail[at + 27:at + 27 + n_segments]
+            end = at + 27 + n_segments + sum(table)
+            return len(table) == n_segments and end == len(tail) and bool(header[5] & 0x04)
+        at = tail.rfind(b"OggS", 0, at)
+    return False
 
 
 def _read_all(src: AudioSource) -> np.ndarray:
@@ -208,7 +372,10 @@ def as_waveform(audio, sr: int | None, name: str = "<array>") -> np.ndarray:
     return to_mono(data, name=name)
 
 
-def silence_message(name: str) -> str:
+def silence_message(name: str, cancelled: bool = False) -> str:
+    if cancelled:
+        return (f"{name}: its channels cancel when averaged to mono (e.g. stereo in antiphase), "
+                "leaving all zeros; its embedding is that of silence")
     return f"{name}: audio is all zeros; its embedding is that of silence"
 
 
@@ -220,6 +387,7 @@ class SampleChecker:
         self.name = name
         self.count = 0
         self.silent = True
+        self.peak = 0.0  # largest |sample|
 
     def update(self, block: np.ndarray) -> None:
         finite = np.isfinite(block)
@@ -227,6 +395,8 @@ class SampleChecker:
             first = self.count + int(np.argmin(finite))
             raise AudioError(f"{self.name}: contains NaN or infinite samples (the first is sample "
                              f"{first})")
+        if block.size:
+            self.peak = max(self.peak, float(block.max()), -float(block.min()))
         if self.silent and block.any():
             self.silent = False
         self.count += block.size
@@ -238,12 +408,12 @@ class SampleChecker:
         return self.silent
 
 
-def check_samples(samples: np.ndarray, name: str) -> None:
+def check_samples(samples: np.ndarray, name: str, cancelled: bool = False) -> None:
     """Refuse empty or non-finite audio; warn (and go on) on all-zero audio."""
     checker = SampleChecker(name)
     checker.update(samples)
     if checker.finish():
-        warnings.warn(silence_message(name), SilentAudioWarning, stacklevel=3)
+        warnings.warn(silence_message(name, cancelled), SilentAudioWarning, stacklevel=3)
 
 
 @lru_cache(maxsize=16)
@@ -256,12 +426,12 @@ def _check_rate(sr: int) -> int:
 def resample(samples: np.ndarray, sr: int) -> torch.Tensor:
     """Resample mono samples to ``frontend.SAMPLE_RATE`` with the documented torchaudio filter.
 
-    The whole signal in one block of ``streaming.BlockResampler``, so a file read block by block
-    gives the same samples to the bit.
+    The whole signal in one block of ``streaming.make_resampler``'s resampler, so a file read
+    block by block gives the same samples to the bit.
     """
-    from audioembed.streaming import BlockResampler
+    from audioembed.streaming import make_resampler
 
-    resampler = BlockResampler(sr)
+    resampler = make_resampler(sr)
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     return torch.cat([resampler.push(x), resampler.finish()])
 
@@ -273,5 +443,8 @@ def load_waveform(audio, sr: int | None = None, name: str | None = None) -> torc
     """
     with AudioSource(audio, sr, name) as src:
         samples = _read_all(src)
-    check_samples(samples, src.name)
+        truncated = src.truncation(samples.size)
+    if truncated is not None:
+        warnings.warn(truncated, TruncatedAudioWarning, stacklevel=2)
+    check_samples(samples, src.name, src.channels_nonzero)
     return resample(samples, src.rate)

@@ -1,14 +1,29 @@
-"""The ``audioembed`` command: ``extract``, ``merge``, ``info``. A thin click layer over ``extract.run``."""
+"""The ``audioembed`` command: ``extract``, ``merge``, ``info``. A thin click layer over ``extract.run``.
+
+Only click is imported up front: torch takes seconds and hundreds of MB to import, which
+``--help`` and ``--version`` do not need. Each command imports what it uses.
+"""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
 
-from audioembed import __version__, extract as extract_mod, frontend, shards
-from audioembed.api import BACKENDS, DEFAULT_BATCH_SIZE
+from audioembed import __version__
+
+# The defaults of the options, here as literals so that --help need not import torch;
+# tests/test_cli_extract.py checks them against frontend, api and extract.
+FORMATS = ("npy", "npz")
+BACKENDS = ("torch", "onnx")
+DEFAULT_HOP_SECONDS = 0.96
+DEFAULT_BATCH_SIZE = 64
+
+# Exit statuses of an interrupted run: 128 + the signal, as shells report it.
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or "
               "hf-hub:org/repo[@revision]. Default: the registry's default model.")
@@ -24,18 +39,25 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="X.npy (one input), a folder (one .npy per input) or X.npz (one archive).")
-@click.option("--format", "fmt", type=click.Choice(extract_mod.FORMATS), default=None,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format. Default: npz if -o ends in .npz, otherwise npy.")
 @click.option("--windows", is_flag=True,
               help="Also write per-window embeddings and their timestamps (layout above).")
-@click.option("--hop", type=float, default=frontend.DEFAULT_HOP_SECONDS, show_default=True,
+@click.option("--hop", type=float, default=DEFAULT_HOP_SECONDS, show_default=True,
               help="Seconds between window starts (0.96 = no overlap).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
-              show_default=True, help="Windows per forward pass; windows of many files share batches.")
+              show_default=True, help="Windows per forward pass (at most 256, to bound memory); "
+                                      "windows of many files share batches.")
 @click.option("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1. Default: cpu.")
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip inputs whose outputs are already there and complete: resumes an "
+                   "interrupted folder job (npy outputs).")
+@click.option("--strict", is_flag=True,
+              help="Fail an input, instead of warning, when its file is truncated (less audio than "
+                   "its header declares) or its audio is all zeros.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Threads that decode and analyse files while the network runs (0: none). "
                    "Default: 1, or 0 for a CPU network on <= 2 cores. Outputs do not depend on it.")
@@ -47,8 +69,8 @@ def main() -> None:
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
-def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite, workers,
-            backend, shard, quiet):
+def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite,
+            skip_existing, strict, workers, backend, shard, quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -72,11 +94,14 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     Timestamps are window centres in seconds.
 
     \b
-    A bad input (unreadable, empty, corrupt, NaN samples, existing output without
-    --overwrite) fails alone: the others are still written and the failures are listed at
-    the end on stderr. All-zero audio is embedded with a warning.
+    A bad input (unreadable, empty, corrupt, NaN or huge samples, a FIFO, existing output
+    without --overwrite) fails alone: the others are still written and the failures are
+    listed at the end on stderr. All-zero audio, and a truncated file (embedded from what
+    it holds), are embedded with a warning; --strict makes them failures.
     Exit status: 0 all inputs embedded, 1 some input failed, 2 usage error (bad option,
-    impossible output, model cannot be loaded).
+    impossible or unwritable output, model cannot be loaded), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM). An interrupted run finishes or drops the file it is writing;
+    rerun with --skip-existing to go on where it stopped.
 
     \b
     Many processes or machines: each takes shard K of N of the sorted input list
@@ -88,34 +113,88 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     Examples:
       audioembed extract clip.wav -o emb.npy
       audioembed extract recordings/ --recursive -o out/
+      audioembed extract recordings/ --recursive -o out/ --skip-existing   # resume
       audioembed extract "data/*.wav" --windows -o all.npz
       audioembed extract data/ --shard $SLURM_ARRAY_TASK_ID/8 -o all.npz
       torchrun --nnodes 2 --nproc_per_node 4 ... -m audioembed.cli extract data/ -o all.npz
     """
+    from audioembed import extract as extract_mod, shards
+
     try:
         part = shards.resolve_shard(shard)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from exc
+    previous = _handle_sigterm(_raise_interrupted)
     try:
         report = extract_mod.run(
             inputs, output, model=model, hop=hop, batch_size=batch_size,
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
             overwrite=overwrite, progress=not quiet, shard=part, workers=workers,
-            backend=backend)
+            backend=backend, strict=strict, skip_existing=skip_existing)
     except extract_mod.UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
-    for line in report.warnings:
-        click.echo(f"warning: {line}", err=True)
-    if report.failures:
-        click.echo(f"{report.failed} failed ({report.succeeded} of {report.total} inputs embedded):",
-                   err=True)
-        for line in report.failures:
-            click.echo(f"  {line}", err=True)
-    elif not quiet:
-        click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)} -> "
-                   f"{report.destination}",
-                   err=True)
+        raise click.UsageError(printable(str(exc))) from exc
+    except KeyboardInterrupt as exc:
+        _report_interrupt(exc)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, extract_mod.Interrupted) else EXIT_SIGINT)
+    finally:
+        _handle_sigterm(previous)
+    _echo_report(report, quiet)
     sys.exit(report.exit_code)
+
+
+def printable(line: str) -> str:
+    """``line`` with the bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``,
+    so that printing it cannot fail."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _handle_sigterm(handler):
+    """Install ``handler`` for SIGTERM and return the previous one; None where a handler
+    cannot be set (not the main thread)."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def _raise_interrupted(signum, frame):
+    from audioembed.extract import Interrupted
+
+    raise Interrupted()
+
+
+def _report_interrupt(exc: KeyboardInterrupt) -> None:
+    from audioembed.extract import Interrupted
+
+    what = "terminated (SIGTERM)" if isinstance(exc, Interrupted) else "interrupted (Ctrl-C)"
+    report = getattr(exc, "report", None)
+    if report is None:
+        click.echo(f"{what} before any input was embedded", err=True)
+        return
+    click.echo(f"{what}: {report.succeeded} of {report.total} inputs written; rerun with "
+               "--skip-existing to go on", err=True)
+    for line in report.failures:
+        click.echo(f"  {printable(line)}", err=True)
+
+
+def _echo_report(report, quiet: bool) -> None:
+    if not quiet:
+        for line in report.notes:
+            click.echo(f"note: {printable(line)}", err=True)
+    for line in report.warnings:
+        click.echo(f"warning: {printable(line)}", err=True)
+    if report.failures:
+        counts = (f"{report.succeeded} of {report.total} inputs embedded" if report.total
+                  else "no audio inputs found")
+        click.echo(f"{report.failed} failed ({counts}):", err=True)
+        for line in report.failures:
+            click.echo(f"  {printable(line)}", err=True)
+    elif not quiet:
+        skipped = f", {report.skipped} skipped" if report.skipped else ""
+        click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)}{skipped} -> "
+                   f"{printable(str(report.destination))}", err=True)
 
 
 @main.command()
@@ -135,6 +214,8 @@ def merge(shard_files, output, overwrite):
     Example:
       audioembed merge all.shard-*-of-8.npz -o all.npz
     """
+    from audioembed import shards
+
     try:
         n_inputs, n_shards = shards.merge_files(shard_files, output, overwrite=overwrite)
     except shards.MergeError as exc:
@@ -157,7 +238,7 @@ def export_onnx(output, model, overwrite):
     against torch on random windows and the largest difference printed.
     Exit status: 0 exported; 1 the ONNX packages are missing; 2 usage error (bad model).
     """
-    from audioembed import onnx_backend
+    from audioembed import extract as extract_mod, onnx_backend
 
     if os.path.exists(output) and not overwrite:
         raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
@@ -181,8 +262,9 @@ def model_info(model: str | None) -> tuple[dict, str | None]:
     Raises:
         extract.UsageError: ``model`` names no registered model, folder or Hub repository.
     """
-    from audioembed import registry
+    from audioembed import extract as extract_mod, frontend, registry
     from audioembed.loading import HF_PREFIX, load_model
+    from audioembed.model_folder import release_provenance
 
     name = model or registry.DEFAULT_MODEL
     entry = registry.get(name)
@@ -210,7 +292,8 @@ def model_info(model: str | None) -> tuple[dict, str | None]:
             "sha256": net.info.get("sha256"),
             "parameters": sum(p.numel() for p in net.parameters()),
             "config": net.info["config"].get("model"),
-            "provenance": net.info["config"].get("provenance"),
+            # Sanitised as a release records it, for folders saved before save_model_folder did.
+            "provenance": release_provenance(net.info["config"].get("provenance")),
         })
     info["frontend"] = frontend.config()
     info["registered_models"] = registry.list_models()
@@ -227,9 +310,11 @@ def info(model):
     its weights are missing or cannot be loaded (everything else is still printed, and the
     reason goes to stderr); 2 --model names nothing known.
     """
+    from audioembed.extract import UsageError
+
     try:
         payload, problem = model_info(model)
-    except extract_mod.UsageError as exc:
+    except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(json.dumps(payload, indent=2, default=str))
     if problem is not None:

@@ -12,23 +12,32 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
+import tempfile
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
 from audioembed import api, frontend
-from audioembed.audio_io import AUDIO_EXTENSIONS, silence_message
-from audioembed.outputs import archive_arrays, atomic_write, save_archive, save_npy  # noqa: F401 (atomic_write: API)
+from audioembed.audio_io import (AUDIO_EXTENSIONS, STDIN_PATHS, AudioError, check_regular_file,
+                                 file_kind, silence_message)
+from audioembed.outputs import (archive_arrays, atomic_write, remove_stale_temp_files,  # noqa: F401 (atomic_write: API)
+                                save_archive, save_npy, temp_name)
 from audioembed.shards import Shard
 
 FORMATS = ("npy", "npz")
 WINDOWS_SUFFIX = ".windows.npy"
 TIMESTAMPS_SUFFIX = ".timestamps.npy"
+NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, XFS, APFS, NTFS)
+# Seconds between progress lines when stderr is not a terminal (a log file, a job's output).
+PROGRESS_INTERVAL = 30.0
 
 
 class UsageError(ValueError):
@@ -41,8 +50,10 @@ class RunReport:
 
     total: int = 0  # audio inputs found, after folder and glob expansion
     succeeded: int = 0
+    skipped: int = 0  # inputs whose outputs were already complete (skip_existing)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informational: skipped files, cleanup
     outputs: list[Path] = field(default_factory=list)
     destination: Path | None = None  # -o, or this shard's archive
 
@@ -53,6 +64,10 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         return 1 if self.failures else 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (see ``cli``)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,13 @@ def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower().lstrip(".") in AUDIO_EXTENSIONS
 
 
-def _scan_folder(root: Path, recursive: bool, failures: list[str]) -> list[Source]:
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lower() or "(no extension)"
+
+
+def _scan_folder(root: Path, recursive: bool, failures: list[str], skipped: Counter) -> list[Source]:
+    """Audio files below ``root``; other visible files are counted in ``skipped`` by extension,
+    and audio-named entries that are not regular files (a FIFO would block) fail."""
     def listing_failed(err: OSError) -> None:
         failures.append(f"{err.filename}: cannot list folder ({err.strerror or err})")
 
@@ -75,9 +96,32 @@ def _scan_folder(root: Path, recursive: bool, failures: list[str]) -> list[Sourc
     for dirpath, dirnames, filenames in os.walk(root, onerror=listing_failed):
         # Hidden entries are skipped: macOS "._x.wav" resource forks are not audio.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        found += [Source(Path(dirpath) / f, (Path(dirpath) / f).relative_to(root))
-                  for f in filenames if is_audio_name(f) and not f.startswith(".")]
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            if not is_audio_name(f):
+                skipped[_extension(f)] += 1
+                continue
+            path = Path(dirpath) / f
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                mode = None  # broken link or loop: reading it says which
+            if mode is not None and not stat.S_ISREG(mode):
+                failures.append(f"{path}: is {file_kind(mode)}, not a regular file; skipped")
+                continue
+            found.append(Source(path, path.relative_to(root)))
     return sorted(found, key=lambda s: s.rel.as_posix())
+
+
+def skipped_note(skipped: Counter) -> str | None:
+    """One line counting the files folder scans passed over, by extension."""
+    if not skipped:
+        return None
+    n = sum(skipped.values())
+    parts = ", ".join(f"{ext} {k}" for ext, k in sorted(skipped.items(), key=lambda e: (-e[1], e[0])))
+    return (f"skipped {n} file{'s' * (n != 1)} without an audio extension in the folders searched "
+            f"({parts}); name a file explicitly to try it anyway")
 
 
 def _has_subfolders(folder: str) -> bool:
@@ -106,24 +150,32 @@ def _expand_glob(pattern: str) -> list[Source]:
     return sorted(found, key=lambda s: s.rel.as_posix())
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False
-                  ) -> tuple[list[Source], list[str]]:
+def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False,
+                  skipped: Counter | None = None) -> tuple[list[Source], list[str]]:
     """Files to embed, and one-line failures for inputs that name none.
 
     An existing file is taken whatever its extension; a folder (its top level, or every level
-    with ``recursive``) and a glob give their files with an audio extension, sorted by name.
-    Arguments keep their order; a file reached twice is embedded once.
+    with ``recursive``) and a glob give their files with an audio extension, sorted by name
+    (``skipped`` counts the others of folders, by extension). Non-regular files (FIFOs,
+    devices) fail, except ``/dev/stdin`` named explicitly. Arguments keep their order; a file
+    reached twice is embedded once.
     """
     sources, failures, seen = [], [], set()
+    skipped = Counter() if skipped is None else skipped
     for arg in inputs:
-        arg = os.fspath(arg)
+        arg = os.fsdecode(arg)
         if os.path.isdir(arg):
-            found = _scan_folder(Path(arg), recursive, failures)
+            found = _scan_folder(Path(arg), recursive, failures, skipped)
             if not found:
                 hint = "" if recursive or not _has_subfolders(arg) else \
                     "; pass --recursive to search its subfolders"
                 failures.append(f"{arg}: no audio files in this folder{hint}")
         elif os.path.lexists(arg):
+            try:
+                check_regular_file(arg)
+            except AudioError as exc:
+                failures.append(str(exc))
+                continue
             found = [Source(Path(arg), PurePath(Path(arg).name))]
         elif glob.has_magic(arg):
             found = _expand_glob(os.path.expanduser(arg))
@@ -133,7 +185,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False
             failures.append(f"{arg}: no such file or folder")
             found = []
         for src in found:
-            key = os.path.realpath(src.path)
+            # /dev/stdin resolves to the pipe, or to whatever file the shell redirected.
+            key = os.fspath(src.path) if os.fspath(src.path) in STDIN_PATHS else os.path.realpath(src.path)
             if key not in seen:
                 seen.add(key)
                 sources.append(src)
@@ -223,19 +276,100 @@ def load_model_for_cli(model, device: str | None, backend: str = "torch"):
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
 
 
-def _progress(total: int, enabled: bool, shard: Shard | None = None):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    desc = "embedding" if shard is None else f"embedding (shard {shard})"
-    return tqdm(total=total, unit="file", desc=desc, file=sys.stderr, dynamic_ncols=True)
+def check_writable(output: Path, mode: str) -> None:
+    """Raise a UsageError, naming the real path, unless outputs can be created where ``output``
+    says; checked before any work, by creating (and removing) a file there."""
+    target = output if mode == "dir" else output.parent
+    folder = target
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {output}: {folder} is a file, so {target} cannot be created as a folder")
+    probe = folder / temp_name()
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if folder == target else f" (it would be created in {folder})"
+        raise UsageError(f"-o {output}: cannot write to {folder}{where}: "
+                         f"{exc.strerror or exc}") from exc
+
+
+class Progress:
+    """Progress in seconds of audio decoded: a tqdm bar on a terminal, else a plain line every
+    ``interval`` seconds and one at the end (a log keeps lines, not carriage returns)."""
+
+    def __init__(self, total_seconds: float, n_files: int, shard: Shard | None = None,
+                 stream=None, interval: float = PROGRESS_INTERVAL):
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.n_files, self.done_files, self.seconds = total_seconds, n_files, 0, 0.0
+        self.desc = "embedding" if shard is None else f"embedding (shard {shard})"
+        self.interval, self._start = interval, time.monotonic()
+        self._last = self._start
+        self._bar = None
+        isatty = getattr(self.stream, "isatty", None)
+        if isatty is not None and isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=round(total_seconds, 1), unit="s", desc=self.desc, file=self.stream,
+                             dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s "
+                             "of audio [{elapsed}<{remaining}]{postfix}")
+
+    def advance(self, seconds: float) -> None:
+        seconds = min(seconds, max(0.0, self.total - self.seconds))
+        self.seconds += seconds
+        if self._bar is not None:
+            self._bar.update(round(seconds, 1))
+        elif time.monotonic() - self._last >= self.interval:
+            self._line()
+
+    def file_done(self) -> None:
+        self.done_files += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self.done_files}/{self.n_files} files", refresh=False)
+
+    def _line(self) -> None:
+        self._last = time.monotonic()
+        pct = 100.0 * self.seconds / self.total if self.total else 100.0
+        print(f"{self.desc}: {self.seconds:.1f} of {self.total:.1f} s of audio ({pct:.0f}%), "
+              f"{self.done_files} of {self.n_files} files, {self._last - self._start:.0f} s elapsed",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            self.seconds = self.total if self.done_files == self.n_files else self.seconds
+            self._line()
+
+
+def audio_seconds(path: Path) -> float:
+    """The duration a file's header declares, or 0 when it cannot be read (or is a stream)."""
+    import soundfile as sf
+
+    if os.fspath(path) in STDIN_PATHS:
+        return 0.0
+    try:
+        info = sf.info(os.fsencode(path))
+        return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else 0.0
+    except Exception:  # noqa: BLE001 - only a progress estimate; reading it reports the failure
+        return 0.0
+
+
+def _counted(chunks: Iterable, bar: Progress | None) -> Iterator:
+    for chunk in chunks:
+        if bar is not None:
+            bar.advance(chunk.seconds)
+        yield chunk
 
 
 def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model=None,
         hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = api.DEFAULT_BATCH_SIZE,
         device: str | None = None, fmt: str | None = None, windows: bool = False,
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
-        shard: Shard | None = None, workers: int | None = None, backend: str = "torch") -> RunReport:
+        shard: Shard | None = None, workers: int | None = None, backend: str = "torch",
+        strict: bool = False, skip_existing: bool = False, progress_stream=None) -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
 
     Output layout (``fmt`` None infers it from ``output``: ``.npz`` -> npz, otherwise npy):
@@ -257,57 +391,101 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
     their usual files; npz: ``OUT.shard-K-of-N.npz``, see ``audioembed.shards``).
 
+    A file that holds less audio than its header declares is embedded from what it holds, with
+    a warning; ``strict`` makes that, and all-zero audio, a failure of that input.
+    ``skip_existing`` (npy) skips inputs whose outputs are all there and complete, to resume
+    an interrupted folder job. Temporary files a killed run left in the output folders are
+    removed first.
+
     Raises:
-        UsageError: an impossible output, a bad option, or a model that cannot be loaded.
+        UsageError: an impossible or unwritable output, a bad option, or a model that cannot
+            be loaded; nothing has been written.
+        KeyboardInterrupt: Ctrl-C, or :class:`Interrupted` (SIGTERM, see ``cli``): the file
+            being written is finished or dropped; ``exc.report`` says what was done.
     """
     if not inputs:
         raise UsageError("no inputs given")
+    if os.fspath(output) == "":
+        raise UsageError("-o: the output path is empty; name a file (e.npy, all.npz) or a folder")
     output = Path(output)
     mode = _resolve_mode(output, fmt)
     _check_options(hop, batch_size, device, 0 if workers is None else workers)
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing and --overwrite contradict each other; pass one")
+    if skip_existing and mode == "npz":
+        raise UsageError("--skip-existing resumes npy outputs (one file per input); an npz "
+                         "archive is written whole at the end")
     workers = default_workers(device, backend) if workers is None else workers
-    sources, failures = expand_inputs(inputs, recursive)
+    skipped_ext: Counter = Counter()
+    sources, failures = expand_inputs(inputs, recursive, skipped_ext)
     if mode == "single" and len(sources) > 1:
         raise UsageError(f"-o {output} holds one embedding, but the inputs name {len(sources)} "
                          "files; pass -o FOLDER (one .npy per input) or -o embeddings.npz")
+    check_writable(output, mode)
     mine = list(shard.positions(len(sources))) if shard is not None else range(len(sources))
     archive = shard.archive(output) if shard is not None and mode == "npz" else output
     report = RunReport(total=len(mine), failures=failures, destination=archive)
+    note = skipped_note(skipped_ext)
+    if note is not None:
+        report.notes.append(note)
     if mode == "npz":
         if archive.exists() and not overwrite:
             report.failures.append(f"{archive}: exists; pass --overwrite to replace it")
             return report
         tasks = [(sources[i], None, i) for i in mine]
+        folders = {archive.parent}
     else:
         # Planned over every input, so that two inputs whose outputs collide are told apart the
         # same way whichever shards they fall in.
-        planned = _plan(sources, output, mode, windows, overwrite)
+        planned = _plan(sources, output, mode, windows, overwrite, skip_existing)
         tasks = []
         for i in mine:
             stem, problem = planned[i]
-            if problem is not None:
+            if problem is SKIP:
+                report.skipped += 1
+            elif problem is not None:
                 report.failures.append(problem)
             else:
                 tasks.append((sources[i], stem, i))
+        folders = {output.parent if mode == "single" else output}
+        folders.update(stem.parent for _, stem, _ in tasks)
+    stale = remove_stale_temp_files(sorted(folders))
+    if stale:
+        report.notes.append(f"removed {len(stale)} temporary file{'s' * (len(stale) != 1)} left "
+                            f"by an interrupted run in {', '.join(sorted({str(p.parent) for p in stale}))}")
+    if report.skipped:
+        report.notes.append(f"skipped {report.skipped} input{'s' * (report.skipped != 1)} whose "
+                            "outputs are already complete (--skip-existing)")
     if not tasks and not (mode == "npz" and shard is not None):
         return report
     net = load_model_for_cli(model, device, backend)
-    features = api.iter_features([t[0].path for t in tasks], None, hop, workers)
-    bar = _progress(len(tasks), progress, shard)
+    bar = None
+    if progress:
+        bar = Progress(sum(audio_seconds(t[0].path) for t in tasks), len(tasks), shard,
+                       stream=progress_stream)
+    features = _counted(api.iter_features([t[0].path for t in tasks], None, hop, workers), bar)
     done = []
     try:
         for res in api.iter_embeddings(features, net, batch_size):
             src, stem, pos = tasks[res.index]
-            if res.silent:
-                report.warnings.append(silence_message(res.name))
+            problems = list(res.warnings) if res.error is None else []
+            if res.error is None and res.silent:
+                problems.append(silence_message(res.name, res.cancelled))
             if res.error is not None:
                 report.failures.append(str(res.error))
-            elif mode == "npz":
-                done.append((src, res, pos))
+            elif strict and problems:
+                report.failures.extend(f"{line} (--strict)" for line in problems)
             else:
-                _write_item(stem, res, windows, report)
+                report.warnings.extend(problems)
+                if mode == "npz":
+                    done.append((src, res, pos))
+                else:
+                    _write_item(stem, res, windows, report)
             if bar is not None:
-                bar.update(1)
+                bar.file_done()
+    except KeyboardInterrupt as exc:
+        exc.report = report
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -317,9 +495,29 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     return report
 
 
-def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwrite: bool
-          ) -> list[tuple[Path | None, str | None]]:
-    """``(output stem, None)`` or ``(None, reason)`` per input: outputs that exist or collide fail."""
+SKIP = "skip"  # _plan's marker: the input's outputs are complete (skip_existing)
+
+
+def npy_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole .npy file: its header parses and the data fills the rest."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return False
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            return os.fstat(f.fileno()).st_size == expected
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwrite: bool,
+          skip_existing: bool = False) -> list[tuple[Path | None, str | None]]:
+    """``(output stem, None)``, ``(None, reason)`` or ``(None, SKIP)`` per input: outputs that
+    exist (unless overwritten or, complete, skipped), collide or cannot be named fail."""
     planned, claimed = [], {}
     for src in sources:
         stem = output.with_suffix("") if mode == "single" else output / src.rel.with_suffix("")
@@ -332,8 +530,20 @@ def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwri
         # Claimed even when it exists and is not overwritten, so that which input owns a name
         # does not depend on what an earlier run (or another shard) has written.
         claimed.update((f, src.path) for f in files)
+        too_long = next((f for f in files if len(os.fsencode(f.name)) > NAME_MAX), None)
+        if too_long is not None:
+            planned.append((None, f"{src.path}: its output name {too_long.name} would be "
+                                  f"{len(os.fsencode(too_long.name))} bytes, more than a file name "
+                                  f"may hold ({NAME_MAX}); shorten the input's name"))
+            continue
         existing = [f for f in files if f.exists()]
-        if existing and not overwrite:
+        if existing and skip_existing:
+            # The segment embedding is written last, so its presence, whole, means the input's
+            # other files were written before it.
+            if all(npy_complete(f) for f in files):
+                planned.append((None, SKIP))
+                continue
+        elif existing and not overwrite:
             planned.append((None, f"{existing[0]}: exists; pass --overwrite to replace it "
                                   f"(input {src.path})"))
             continue
@@ -348,12 +558,20 @@ def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunRepor
     try:
         for path, array in zip(files, arrays):
             save_npy(path, array)
-    except OSError as exc:
-        report.failures.append(f"{res.name}: cannot write {exc.filename or stem}: "
-                               f"{exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - one output that cannot be written fails one input
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        target = exc.filename if isinstance(exc, OSError) and exc.filename else f"{stem}.npy"
+        report.failures.append(f"{res.name}: cannot write {target}: {reason}")
         return
     report.succeeded += 1
     report.outputs.extend(files)
+
+
+def _rescue_paths(output: Path) -> Iterator[Path]:
+    """Where an archive that cannot be written at ``output`` is saved instead."""
+    name = f"{output.stem}.rescued-{os.getpid()}{output.suffix}"
+    yield Path(tempfile.gettempdir()) / name
+    yield Path.cwd() / name
 
 
 def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
@@ -369,6 +587,16 @@ def _write_archive(output: Path, done: list, windows: bool, report: RunReport, d
     try:
         save_archive(output, arrays)
     except OSError as exc:
+        # The whole run's work is in this one file: save it elsewhere rather than lose it.
+        for rescue in _rescue_paths(output):
+            try:
+                save_archive(rescue, arrays)
+            except OSError:
+                continue
+            report.failures.append(f"{output}: cannot write: {exc.strerror or exc}; the "
+                                   f"{len(done)} embeddings were saved to {rescue} instead")
+            report.outputs.append(rescue)
+            return
         report.failures.append(f"{output}: cannot write: {exc.strerror or exc}")
         return
     report.succeeded += len(done)

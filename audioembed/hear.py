@@ -55,7 +55,23 @@ def _check_audio(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
                          f"{model.sample_rate} Hz, got {shape}")
     if audio.shape[1] == 0:
         raise ValueError("audio has zero samples")
+    if not torch.isfinite(audio).all():
+        bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(audio))[:, 0]})
+        raise ValueError(f"audio of sounds {bad[:10]} holds NaN or infinite samples")
     return audio.to(next(model.parameters()).device, torch.float32)
+
+
+def _check_finite(emb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """``emb`` if every embedding is finite; samples so large that the power spectrum
+    overflows float32 (|x| ~ 1e18) give NaN, which must not pass for an embedding."""
+    bad = ~torch.isfinite(emb.reshape(emb.shape[0], -1)).all(dim=1)
+    if bad.any():
+        sounds = torch.nonzero(bad)[:, 0].tolist()
+        peak = float(audio[bad].abs().max())
+        raise ValueError(f"the embeddings of sounds {sounds[:10]} are not finite: samples too "
+                         f"large for the frontend (peak {peak:.3g}; audio is expected within "
+                         "[-1, 1]); scale them down")
+    return emb
 
 
 def _log_mel_windows(audio: torch.Tensor, hop: int) -> tuple[torch.Tensor, list[int]]:
@@ -79,7 +95,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel
     audio = _check_audio(audio, model)
     padded = torch.nn.functional.pad(audio, (PAD_SAMPLES, PAD_SAMPLES))
     windows, starts = _log_mel_windows(padded, frontend.hop_frames(TIMESTAMP_HOP_SECONDS))
-    emb = _embed_windows(windows, model)
+    emb = _check_finite(_embed_windows(windows, model), audio)
     # Centre of window k in the padded sound, minus the padding: integer samples, then ms.
     centres = (torch.as_tensor(starts, dtype=torch.int64) * frontend.HOP_LENGTH
                + frontend.WINDOW_CENTRE_SAMPLES - PAD_SAMPLES)
@@ -92,6 +108,6 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """One embedding per sound, ``(n_sounds, D)``: the same as ``audioembed.embed``."""
     audio = _check_audio(audio, model)
     windows, _ = _log_mel_windows(audio, frontend.hop_frames(frontend.DEFAULT_HOP_SECONDS))
-    emb = _embed_windows(windows, model)
+    emb = _check_finite(_embed_windows(windows, model), audio)
     mean = emb.to(torch.float64).mean(dim=1)
     return torch.nn.functional.normalize(mean, dim=1).to(torch.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors import SafetensorError
@@ -40,6 +40,50 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Top-level folders of this repository: an absolute path through one of them is made relative
+# to the repository, so a release names files as a clone has them, not as one machine did.
+# ("audioembed" is also what a clone itself is usually called, so it counts only as the last
+# resort, and its last occurrence.)
+_REPO_DIRS = ("training", "benchmarks", "examples", "tests")
+
+
+def _release_path(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    # Below a hidden folder (~/.cache/audioembed/...) nothing is part of the repository.
+    visible = next((i for i, p in enumerate(parts) if p.startswith(".")), len(parts))
+    for i, part in enumerate(parts[:visible]):
+        if part in _REPO_DIRS:
+            return str(PurePosixPath(*parts[i:]))
+    package = [i for i, part in enumerate(parts[:visible]) if part == "audioembed"]
+    if package and package[-1] < len(parts) - 1:
+        return str(PurePosixPath(*parts[package[-1]:]))
+    if len(parts) > 2 and parts[1] == "root":  # root's home folder
+        return str(PurePosixPath("~", *parts[2:]))
+    if len(parts) > 3 and parts[1] == "home":
+        return str(PurePosixPath("~", *parts[3:]))
+    return str(PurePosixPath("...", *parts[-2:]))
+
+
+def release_provenance(provenance):
+    """``provenance`` as a release records it: absolute paths made repository-relative (or
+    ``~/...`` under a home folder), and a ``git_commit`` ending in ``+dirty`` split into the
+    commit and ``git_tree_dirty: true`` (said, not hidden: the tree had uncommitted changes)."""
+    if isinstance(provenance, dict):
+        out = {}
+        for key, value in provenance.items():
+            if key == "git_commit" and isinstance(value, str) and value.endswith("+dirty"):
+                out[key] = value[:-len("+dirty")]
+                out["git_tree_dirty"] = True
+            else:
+                out[key] = release_provenance(value)
+        return out
+    if isinstance(provenance, list):
+        return [release_provenance(v) for v in provenance]
+    if isinstance(provenance, str) and provenance.startswith("/") and "\n" not in provenance:
+        return _release_path(provenance)
+    return provenance
+
+
 def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance: dict | None = None,
                       dtype: torch.dtype = torch.float16) -> Path:
     """Write ``model`` in the release format; returns the folder."""
@@ -63,7 +107,7 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
         "embedding_dim": model.config.embedding_dim,
         "model": model.config.to_dict(),
         "frontend": frontend.config(),
-        "provenance": provenance or {},
+        "provenance": release_provenance(provenance or {}),
     }
     atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
     atomic_write(folder / CONFIG_NAME,

@@ -7,14 +7,78 @@ position in the whole run's input list, and ``shard`` = ``[K, N_SHARDS]``.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
+import socket
+import time
+import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 WINDOW_KEYS = ("window_embeddings", "timestamps", "offsets")
+
+# Temporary files are named ".audioembed-HOST-PID-RANDOM.tmp": short, so that a legal 255-byte
+# output name still has a legal temporary name beside it, and marked with the host and process
+# that wrote them, so that a later run can tell its own stale files (from a killed run) from
+# those another live process (a shard on this or another machine) is writing.
+_TMP_RE = re.compile(r"^\.audioembed-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp$")
+# Before the short names: ".NAME.npy.XXXXXXXX.tmp".
+_OLD_TMP_RE = re.compile(r"^\..+\.npy\.[0-9a-f]{8}\.tmp$|^\..+\.npz\.[0-9a-f]{8}\.tmp$")
+# A temporary file untouched for this long is stale whoever wrote it: even a large archive is
+# written in seconds.
+STALE_SECONDS = 3600
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def temp_name() -> str:
+    return f".audioembed-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(folders: Iterable[Path]) -> list[Path]:
+    """Remove audioembed's temporary files left in ``folders`` by killed runs; return them.
+
+    A file is stale when the process that wrote it (on this host) is gone, or when nothing has
+    touched it for ``STALE_SECONDS`` (another host's, or one of the older long names). Files of
+    live processes, and anything not named like ours, are left alone.
+    """
+    removed = []
+    host, now = _host_tag(), time.time()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # not there yet, or unreadable: the write check reports the latter
+        for entry in entries:
+            m = _TMP_RE.match(entry.name)
+            if m is None and not _OLD_TMP_RE.match(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            dead = m is not None and m.group(1) == host and not _pid_alive(int(m.group(2)))
+            if dead or now - st.st_mtime > STALE_SECONDS:
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed.append(Path(entry.path))
+    return removed
 
 
 def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
@@ -22,18 +86,24 @@ def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
 
     A crash or a full disk leaves the old file (or none), never a partial one. ``fsync``
     also flushes the data to disk before the rename, for files a resume relies on.
+    An OSError names ``path``, never the temporary file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / temp_name()
     # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             write(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(tmp):
+            exc.filename = os.fspath(path)
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -37,6 +37,33 @@ BLOCK_SECONDS = 5
 # Output samples the resampler computes per matrix product. See BlockResampler.
 RESAMPLE_TILE = 8192
 
+# torchaudio's filter bank is a dense (new, 2 * width + orig) matrix for the rate ratio
+# orig / new reduced by their gcd: a few hundred thousand numbers for the usual rates (11025 Hz,
+# the largest, 640 x 455), but for rates that share few factors with 16 kHz it is enormous
+# (16001 Hz: 16000 x 16014, a GB in float32, and as much again to build it). Above this many
+# elements the phase-table resampler below computes the same filter with bounded memory.
+MAX_DENSE_KERNEL = 1 << 20
+
+# Taps times outputs per product in the phase-table resampler: a few MB of transient buffers.
+PHASE_TILE_ELEMENTS = 1 << 20
+
+
+def _reduced(sr: int) -> tuple[int, int]:
+    g = math.gcd(sr, frontend.SAMPLE_RATE)
+    return sr // g, frontend.SAMPLE_RATE // g
+
+
+def _kernel_width(orig: int, new: int) -> int:
+    """torchaudio's ``width``: input samples each side of an output that its filter reaches."""
+    base = min(orig, new) * frontend.RESAMPLE_ROLLOFF
+    return math.ceil(frontend.RESAMPLE_LOWPASS_FILTER_WIDTH * orig / base)
+
+
+def uses_dense_kernel(sr: int) -> bool:
+    """Whether ``sr`` is resampled with torchaudio's own filter matrix (all the usual rates)."""
+    orig, new = _reduced(sr)
+    return new * (2 * _kernel_width(orig, new) + orig) <= MAX_DENSE_KERNEL
+
 
 @lru_cache(maxsize=8)
 def _resample_kernel(sr: int) -> tuple[torch.Tensor, int]:
@@ -55,6 +82,33 @@ def _resample_kernel(sr: int) -> tuple[torch.Tensor, int]:
     return kernel[:, 0, :].T.contiguous(), width
 
 
+@lru_cache(maxsize=4)
+def _phase_table(sr: int) -> tuple[torch.Tensor, int]:
+    """torchaudio's filter for ``sr`` cut down to the taps each output phase reaches.
+
+    Output ``j = p * new + i`` (phase ``i``) is centred at input ``j * orig / new``; only the
+    ``2 * width + 1`` inputs from ``p * orig + (i * orig) // new - width`` on lie within the
+    filter's ``lowpass_filter_width`` zero crossings (torchaudio's other taps are clamped to its
+    window's zero, ~1e-40). Row ``i`` holds their weights, from torchaudio's formula evaluated
+    in float64: ``(new, 2 * width + 1)``, at most 16000 rows of ~300 taps (384 kHz) or ~600
+    (768 kHz).
+    """
+    orig, new = _reduced(sr)
+    width = _kernel_width(orig, new)
+    lowpass = frontend.RESAMPLE_LOWPASS_FILTER_WIDTH
+    base = min(orig, new) * frontend.RESAMPLE_ROLLOFF
+    i = np.arange(new, dtype=np.int64)[:, None]
+    rel = (i * orig) // new - width + np.arange(2 * width + 1, dtype=np.int64)[None, :]
+    # The distance in output periods, from exact integers: j/new and m/orig share no rounding.
+    t = (rel * new - i * orig).astype(np.float64) / (orig * new) * base
+    np.clip(t, -lowpass, lowpass, out=t)
+    window = np.cos(t * math.pi / lowpass / 2) ** 2
+    t *= math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sinc = np.where(t == 0, 1.0, np.sin(t) / t)
+    return torch.from_numpy((sinc * window * (base / orig)).astype(np.float32)), width
+
+
 class BlockResampler:
     """``torchaudio.functional.resample(x, sr, SAMPLE_RATE)`` of a signal fed in blocks.
 
@@ -66,12 +120,13 @@ class BlockResampler:
     cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
     length, rounds differently for different lengths: by ~1e-7, which the log of a near-silent
     mel band can magnify past 1e-5.) ``audio_io.resample`` is this class on one block.
+
+    Only for rates where :func:`uses_dense_kernel`; :func:`make_resampler` picks the class.
     """
 
     def __init__(self, sr: int):
         sr = _check_rate(sr)
-        g = math.gcd(sr, frontend.SAMPLE_RATE)
-        self.orig, self.new = sr // g, frontend.SAMPLE_RATE // g
+        self.orig, self.new = _reduced(sr)
         self.identity = sr == frontend.SAMPLE_RATE
         if not self.identity:
             self.kernel, width = _resample_kernel(sr)
@@ -124,6 +179,90 @@ class BlockResampler:
             out = out[:groups * self.new]
         self._n_out += out.shape[0]
         return out
+
+
+class PhaseResampler:
+    """The resampler for rates whose reduced ratio to 16 kHz is large (16001 Hz, 48001 Hz, ...).
+
+    Each output sample is the dot product of its ``2 * width + 1`` nearest inputs with its
+    phase's row of :func:`_phase_table`: memory is bounded by the table (<= 16000 rows) and one
+    tile of gathered inputs, whatever the rate. As in :class:`BlockResampler`, outputs are
+    computed in tiles of a fixed size aligned to the start of the signal, so they do not depend
+    on how the input was cut into blocks. The length is the exact ``ceil(16000 * n / sr)``.
+    """
+
+    identity = False
+
+    def __init__(self, sr: int):
+        sr = _check_rate(sr)
+        self.orig, self.new = _reduced(sr)
+        self.table, self.width = _phase_table(sr)
+        taps = self.table.shape[1]
+        self._tile = max(64, PHASE_TILE_ELEMENTS // taps)  # outputs per product
+        self._offsets = torch.arange(taps)
+        self._buf = torch.zeros(0)
+        self._start = 0  # signal index of self._buf[0]
+        self._n_in = 0
+        self._n_out = 0
+
+    def _first_input(self, j: int) -> int:
+        p, i = divmod(j, self.new)
+        return p * self.orig + (i * self.orig) // self.new - self.width
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        self._n_in += x.shape[-1]
+        self._buf = torch.cat([self._buf, x])
+        # Tiles whose last output reads only inputs that have arrived.
+        tiles = 0
+        while self._first_input((self._n_out // self._tile + tiles + 1) * self._tile - 1) \
+                + self.table.shape[1] <= self._n_in:
+            tiles += 1
+        return self._run(tiles, final_length=None)
+
+    def finish(self) -> torch.Tensor:
+        target = -(-self.new * self._n_in // self.orig)
+        tiles = -(-(target - self._n_out) // self._tile) if target > self._n_out else 0
+        return self._run(tiles, final_length=target)
+
+    def _run(self, tiles: int, final_length: int | None) -> torch.Tensor:
+        if tiles == 0:
+            return torch.zeros(0)
+        taps = self.table.shape[1]
+        first = self._n_out
+        last = first + tiles * self._tile  # exclusive
+        lo = self._first_input(first)
+        hi = self._first_input(last - 1) + taps
+        # The buffer as signal indices lo .. hi - 1: zeros before the signal and after its end.
+        left = self._start - lo
+        buf = self._buf
+        if left > 0:
+            buf = torch.cat([torch.zeros(left), buf])
+        elif left < 0:
+            buf = buf[-left:]
+        if buf.shape[0] < hi - lo:
+            buf = torch.cat([buf, torch.zeros(hi - lo - buf.shape[0])])
+        outs = []
+        with frontend.single_threaded():
+            for t in range(tiles):
+                j = torch.arange(first + t * self._tile, first + (t + 1) * self._tile)
+                p, i = j // self.new, j % self.new
+                start = p * self.orig + (i * self.orig) // self.new - self.width - lo
+                rows = buf[start[:, None] + self._offsets]
+                outs.append((rows * self.table[i]).sum(dim=1))
+        out = torch.cat(outs)
+        # Keep the inputs from the first one the next tile reads (never before lo).
+        keep_from = self._first_input(last)
+        self._buf, self._start = buf[keep_from - lo:], keep_from
+        if final_length is not None:
+            out = out[:max(0, final_length - first)]
+        self._n_out = first + out.shape[0]
+        return out
+
+
+def make_resampler(sr: int) -> BlockResampler | PhaseResampler:
+    """The block resampler for ``sr``: torchaudio's dense filter for the usual rates (its numbers
+    to the bit), the phase table where that filter would be huge (bounded memory)."""
+    return BlockResampler(sr) if uses_dense_kernel(_check_rate(sr)) else PhaseResampler(sr)
 
 
 class FrameStream:
@@ -203,7 +342,7 @@ class LogMelStream:
     """Mono blocks at ``sr`` Hz in, log-mel windows and their start frames out (``hop`` frames)."""
 
     def __init__(self, sr: int, hop: int):
-        self._resampler, self._frames, self._windows = BlockResampler(sr), FrameStream(), WindowStream(hop)
+        self._resampler, self._frames, self._windows = make_resampler(sr), FrameStream(), WindowStream(hop)
 
     def push(self, block: np.ndarray) -> tuple[torch.Tensor, list[int]]:
         # Per call, not around a generator's yields: the caller's thread runs the network
@@ -225,8 +364,10 @@ class FeatureChunk:
     """Part of one input's log-mel windows, in the order :func:`input_chunks` makes them.
 
     An input's last chunk has ``last=True`` and says whether the audio was all zeros
-    (``silent``). An input that fails ends with a chunk holding only its ``error`` (an
-    AudioError naming it); its earlier chunks are void.
+    (``silent``; ``cancelled`` if only because its channels cancelled in the downmix), its peak
+    sample magnitude and any ``warnings`` about it (one-line, naming it: a truncated file).
+    An input that fails ends with a chunk holding only its ``error`` (an AudioError naming it);
+    its earlier chunks are void. ``seconds`` is the audio that chunk's block held (progress).
     """
 
     index: int
@@ -236,6 +377,10 @@ class FeatureChunk:
     last: bool = False
     silent: bool = False
     error: AudioError | None = None
+    seconds: float = 0.0
+    cancelled: bool = False
+    peak: float = 0.0
+    warnings: list[str] | None = None
 
 
 def input_chunks(index: int, item, sr: int | None, hop: int, name: str) -> Iterator[FeatureChunk]:
@@ -243,20 +388,37 @@ def input_chunks(index: int, item, sr: int | None, hop: int, name: str) -> Itera
 
     The input is read ``BLOCK_SECONDS`` at a time; the chunks hold the windows each block
     completes. Together they equal ``frontend.log_mel_windows(load_waveform(item, sr), ...)``.
+
+    Any exception but an interrupt fails this input alone: an AudioError as it is, anything
+    unexpected (a bug, a MemoryError) as an AudioError naming the input and the exception.
     """
     checker = SampleChecker(name)
+    pending = 0.0  # seconds read since the last chunk handed on
     try:
         with AudioSource(item, sr, name) as src:
             stream = LogMelStream(src.rate, hop)
             for block in src.blocks(BLOCK_SECONDS * src.rate):
                 checker.update(block)
+                pending += block.size / src.rate
                 windows, starts = stream.push(block)
                 if starts:
-                    yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy())
+                    yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy(),
+                                       seconds=pending)
+                    pending = 0.0
+            truncated = src.truncation(checker.count)
+            if truncated is not None and checker.count == 0:
+                raise AudioError(f"{truncated}; nothing to embed")
             silent = checker.finish()
+            cancelled = silent and src.channels_nonzero
             windows, starts = stream.finish()
     except AudioError as exc:
         yield FeatureChunk(index, name, last=True, error=exc)
         return
+    except Exception as exc:  # noqa: BLE001 - one input's failure, whatever it is, is its own
+        error = AudioError(f"{name}: failed with {type(exc).__name__}: {exc}".replace("\n", " "))
+        error.__cause__ = exc
+        yield FeatureChunk(index, name, last=True, error=error)
+        return
     yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy(),
-                       last=True, silent=silent)
+                       last=True, silent=silent, seconds=pending, cancelled=cancelled,
+                       peak=checker.peak, warnings=[truncated] if truncated else [])

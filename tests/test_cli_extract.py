@@ -1,6 +1,7 @@
 """``audioembed extract`` and ``audioembed info``: outputs, layouts, exit codes, progress."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -207,10 +208,51 @@ def test_progress_bar_and_quiet(tiny_model_dir, make_wav, tmp_path):
     wav = make_wav("a.wav", seconds=0.5)
     loud = cli("extract", wav, "-o", tmp_path / "1.npy", "--model", tiny_model_dir)
     assert loud.exit_code == 0
-    assert "100%" in loud.stderr and "1/1" in loud.stderr and "embedded 1 file" in loud.stderr
+    # stderr is not a terminal here: plain lines, the last at the end of the run.
+    assert "embedding: 0.5 of 0.5 s of audio (100%), 1 of 1 files" in loud.stderr
+    assert "embedded 1 file" in loud.stderr and "\r" not in loud.stderr
     assert loud.stdout == ""
     quiet = cli("extract", wav, "-o", tmp_path / "2.npy", "--model", tiny_model_dir, "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_counts_audio_seconds(tiny_model_dir, make_wav, tmp_path):
+    # A long file no longer shows 0/1 for the whole run: progress moves as its audio is read.
+    long_wav = make_wav("long.wav", seconds=12.0, sr=8000)
+    short_wav = make_wav("short.wav", seconds=1.0)
+    assert extract.audio_seconds(long_wav) == 12.0
+    log = _Stream(tty=False)
+    report = extract.run([long_wav, short_wav], tmp_path / "out", model=tiny_model_dir,
+                         progress=True, progress_stream=log)
+    assert report.succeeded == 2
+    assert log.getvalue().splitlines()[-1].startswith(
+        "embedding: 13.0 of 13.0 s of audio (100%), 2 of 2 files")
+
+    bar = extract.Progress(13.0, 2, stream=_Stream(tty=False), interval=0.0)
+    lines = []
+    for seconds in (5.0, 5.0, 2.0, 1.0):
+        bar.advance(seconds)
+        lines.append(bar.stream.getvalue().splitlines()[-1])
+    assert [ln.split(" s of audio")[0] for ln in lines] == [
+        "embedding: 5.0 of 13.0", "embedding: 10.0 of 13.0", "embedding: 12.0 of 13.0",
+        "embedding: 13.0 of 13.0"]
+
+    tty = _Stream(tty=True)
+    bar = extract.Progress(13.0, 2, stream=tty)
+    bar.advance(6.5)
+    bar.file_done()
+    bar.close()
+    assert "50%" in tty.getvalue() or "100%" in tty.getvalue()
+    assert "\r" in tty.getvalue() and "s of audio" in tty.getvalue()
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -281,3 +323,21 @@ def test_extract_with_the_bundled_default_model(tmp_path):
     e = np.load(out)
     assert e.shape == (128,)
     assert_unit(e)
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from audioembed.cli import main\n"
+            "try:\n    main(['--help'], prog_name='audioembed')\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Usage: audioembed" in res.stdout
+
+
+def test_cli_defaults_match_the_library():
+    from audioembed import api, cli
+
+    assert cli.DEFAULT_HOP_SECONDS == frontend.DEFAULT_HOP_SECONDS
+    assert cli.DEFAULT_BATCH_SIZE == api.DEFAULT_BATCH_SIZE
+    assert cli.BACKENDS == api.BACKENDS and cli.FORMATS == extract.FORMATS

@@ -47,3 +47,8 @@ def test_untrained_network():
     assert net.config.layers == (3, 4, 6, 3) and net.config.embedding_dim == 128
     with pytest.raises(TypeError, match="device"):
         torch.hub.load(REPO, "triplet_resnet50_joint", pretrained=False, cache_dir="x", source="local")
+
+
+def test_the_docs_say_the_weights_are_released():
+    text = (Path(REPO) / "hubconf.py").read_text()
+    assert "not released" not in text and 'source="local"' in text

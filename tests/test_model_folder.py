@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,27 @@ def test_embedding_dim_follows_the_config(tmp_path):
         out = load_model_folder(folder)(windows(2))
     assert out.shape == (2, 32)
     np.testing.assert_allclose(out.norm(dim=1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_release_provenance_holds_repo_relative_paths_and_a_clean_commit(tmp_path):
+    import json
+
+    from audioembed.model_folder import release_provenance
+
+    raw = {"data_manifest": "/work/main/training/recipes/debian/unlabeled.csv",
+           "git_commit": "6b54450c363186a5395f44fd4e141c38d23de9fd+dirty",
+           "training_config": {"data": {"cache": "/root/.cache/audioembed/features/x"},
+                               "roots": ["/home/ann/src/audioembed/audioembed/pretrained/m", "/data/c/x.csv"]},
+           "steps": 5, "note": "kept as it is"}
+    assert release_provenance(raw) == {
+        "data_manifest": "training/recipes/debian/unlabeled.csv",
+        "git_commit": "6b54450c363186a5395f44fd4e141c38d23de9fd", "git_tree_dirty": True,
+        "training_config": {"data": {"cache": "~/.cache/audioembed/features/x"},
+                            "roots": ["audioembed/pretrained/m", ".../c/x.csv"]},
+        "steps": 5, "note": "kept as it is"}
+    saved = save_model_folder(tiny_model(0), tmp_path / "m", provenance=raw)
+    assert json.loads((saved / "config.json").read_text())["provenance"] == release_provenance(raw)
+
+    bundled = Path(__file__).parents[1] / "audioembed" / "pretrained" / "triplet-resnet50-joint"
+    text = json.dumps(json.loads((bundled / "config.json").read_text())["provenance"])
+    assert '"/' not in text and "+dirty" not in text
