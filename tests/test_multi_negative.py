@@ -152,9 +152,11 @@ def _gather_worker(rank: int, port: int, out):
         pool = NegativePool(gather=True, xbm_size=16, dim=4)
         windows, allowed, _, mine = pool.build(a, p, n, recs, cand, torch.tensor([True, True]))
         pool.update(mine, step=0)
+        views = torch.tensor([[10 * rank + k, -1, -1] for k in (0, 1, 0, 1)])  # 2 examples, 2 views
+        _, nt = NTXentLoss(temperature=0.1, embedding_dim=4, gather=True)(a, p, views)
         out[rank] = {"windows": windows.shape[0], "allowed": allowed.tolist(),
                      "memory": pool.memory.filled, "others": windows[4:].tolist(),
-                     "mine": torch.cat([p, n]).tolist()}
+                     "mine": torch.cat([p, n]).tolist(), "nt_pool": nt["pool_size"].item()}
     finally:
         dist.destroy_process_group()
 
@@ -169,6 +171,9 @@ def test_negatives_are_gathered_across_two_gloo_processes():
         # The other rank's windows arrive exactly, in its order.
         np.testing.assert_allclose(out[rank]["others"], out[other]["mine"], atol=1e-6)
         assert out[rank]["memory"] == 8  # both ranks' windows, on both ranks
+        # NT-Xent: each view's negatives are the other local example's 2 views and the other
+        # rank's 4 views (its own partner is the positive, its own recording is excluded).
+        assert out[rank]["nt_pool"] == 6
     # Rank 0's anchor 0 (recording 0) may not take rank 1's positive 0 (which holds recording 0).
     assert out[0]["allowed"][0][4:] == [False, True, True, True]
     assert out[0]["allowed"][1][4:] == [True, True, True, True]
