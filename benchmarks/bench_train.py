@@ -6,9 +6,14 @@ Prints, from one process:
 - ``pipeline``: the trainer's own step (``training.trainer.train_step``) fed by its batch
   stream (``StepBatches`` over a small synthetic feature cache, sampled in a background thread);
 - the data pipeline's share of step time: the time to sample one batch alone, and the time the
-  step loop actually waited for a batch.
+  step loop actually waited for a batch;
+- ``recipes``: the paper's recipe (v0.2: hinge loss, in-batch semi-hard mining) against a new
+  one (``--new`` overrides; default: every v0.3 option on: batch-all over a 4,096-window
+  cross-batch memory, harder positives), their steps interleaved so both see the same load,
+  with the ratio new / old.
 
     python benchmarks/bench_train.py [--steps 6] [--threads 2] [--batch 32] [--bf16 auto|on|off]
+        [--new 'loss.kind="nt-xent"' --new augment.enabled=true]
 
 Targets on 2 CPU cores: >= 15 triplets/s, data pipeline < 10% of step time. Other work on the
 machine slows every number; the load average is printed next to them.
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audioembed import frontend  # noqa: E402
 from audioembed.model import AudioResNet, ModelConfig  # noqa: E402
@@ -35,6 +41,7 @@ from training.losses import TripletLoss  # noqa: E402
 from training.samplers import DEFAULT_JOINT  # noqa: E402
 from training.config import from_dict  # noqa: E402
 from training.trainer import StepBatches, batch_stream, train_step, use_bf16  # noqa: E402
+from common import interleaved_times  # noqa: E402
 
 
 def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> None:
@@ -47,6 +54,56 @@ def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> N
 
 
 CPU_TIME: dict[str, list[float]] = {}
+NEW_RECIPE = ('loss.kind="batch-all"', "loss.xbm_size=4096", "augment.enabled=true")
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return " ".join(fl for fl in _FLAGS if fl in flags) or "none of " + ",".join(_FLAGS)
+
+
+def compare_recipes(tmp: str, cfg: ModelConfig, b: int, overrides: list[str], steps: int, warmup: int,
+                    autocast) -> None:
+    """The trainer's step under the paper's recipe and under ``overrides``, interleaved."""
+    from training.config import apply_override
+    from training.trainer import make_loss, make_pool
+
+    runs = {}
+    for name, sets in (("old", []), ("new", overrides)):
+        d = {"data": {"cache": tmp}, "model": cfg.to_dict(), "train": {"batch_size": b}}
+        for o in sets:
+            apply_override(d, o)
+        config = from_dict(d)
+        torch.manual_seed(0)
+        model = AudioResNet(cfg).to(memory_format=torch.channels_last).train()
+        loss_fn = make_loss(config)
+        opt = torch.optim.Adam(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)
+        dataset = StepBatches(tmp, config.samplers, b, seed=0, rank=0, augment=config.augment)
+        pool = make_pool(config, torch.device("cpu"))
+        runs[name] = [model, loss_fn, opt, dataset, pool, 0]
+
+    def one_step(name: str) -> None:
+        model, loss_fn, opt, dataset, pool, k = runs[name]
+        batch = dataset[k]  # sampling and augmentation are part of the recipe's cost
+        train_step(model, loss_fn, opt, batch, torch.device("cpu"), autocast, pool)
+        if pool is not None:
+            pool.update(loss_fn.last_pool, k)
+        runs[name][5] = k + 1
+
+    for _ in range(warmup):
+        for name in runs:
+            one_step(name)
+    times = interleaved_times({name: (lambda n=name: one_step(n)) for name in runs}, steps)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    print(f"recipes (sampling + step, serial, {steps} interleaved steps each):")
+    print(f"  old (paper, v0.2):  {b / med['old']:6.1f} triplets/s")
+    print(f"  new ({' '.join(overrides)}):  {b / med['new']:6.1f} triplets/s")
+    print(f"  new / old: {med['old'] / med['new']:.3f}  (target >= 0.85)")
 
 
 def timed_steps(fn, steps: int, warmup: int, name: str = "") -> list[float]:
@@ -74,6 +131,9 @@ def main() -> None:
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="bf16 autocast; auto: the trainer's default (native bf16 CPUs)")
     ap.add_argument("--no-mining", action="store_true")
+    ap.add_argument("--new", action="append", metavar="SECTION.KEY=VALUE", default=None,
+                    help="the new recipe, as train --set overrides (repeatable); default: "
+                         + " ".join(NEW_RECIPE))
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -83,7 +143,8 @@ def main() -> None:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     b = args.batch
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"model layers {cfg.layers}, batch {b} triplets ({3 * b} windows), bf16 {bf16}")
+          f"model layers {cfg.layers}, batch {b} triplets ({3 * b} windows), bf16 {bf16}, "
+          f"CPU flags: {cpu_flags()}")
     print(f"load average before: {os.getloadavg()}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +181,7 @@ def main() -> None:
                 steps_s.append(t2 - t0)
                 cpu.append(time.process_time() - c0)
         CPU_TIME["pipeline"] = cpu
+        compare_recipes(tmp, cfg, b, args.new or list(NEW_RECIPE), args.steps, args.warmup, autocast)
 
     def stats(xs):
         return float(np.median(xs)), float(np.mean(xs))

@@ -17,6 +17,21 @@ Example (``training/recipes/tiny.toml`` is a complete one)::
     seed = 0
     checkpoint_every = 1000
     log_every = 1                 # steps per JSONL line (averaged over them)
+    # init = "triplet-resnet50-joint"  # warm start (fresh runs only): a model or a checkpoint .pt
+
+    [loss]                        # the objective (training.losses); defaults are the paper's
+    kind = "hinge"                # "hinge", "soft-margin", "batch-all", or "nt-xent" (contrastive)
+    temperature = 0.1             # nt-xent
+    projection_dim = 0            # nt-xent: a projection head (dropped at export); 0: none
+    gather = false                # negatives also from every rank's windows (DDP)
+    xbm_size = 0                  # cross-batch memory of this many windows (training.negatives)
+    xbm_start_step = 0            # the memory fills from this step on
+
+    [schedule]                    # learning rate over the run (training.schedule)
+    kind = "constant"             # or "cosine": warmup_triplets, total_triplets, min_lr_ratio
+
+    [augment]                     # harder positives (training.augment); off by default
+    enabled = false
 
     [samplers.gaussian_noise]     # a section enables a sampler; weight defaults to 1
     sigma = 0.5
@@ -47,7 +62,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -56,16 +71,22 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from audioembed.model import ModelConfig
+from training.augment import Augment
 from training.samplers import DEFAULT_JOINT, SAMPLERS
+from training.schedule import Schedule
 
 LR_WITH_MINING = 1e-4
 LR_WITHOUT_MINING = 1e-6
 
 _TRAIN_DEFAULTS = {"batch_size": 32, "steps": 100_000, "mining": True, "lr": None, "margin": 0.1,
-                   "seed": 0, "checkpoint_every": 1000, "log_every": 1}
+                   "seed": 0, "checkpoint_every": 1000, "log_every": 1, "init": None}
 _RUNTIME_DEFAULTS = {"device": "auto", "threads": 0, "workers": -1, "bf16": "auto"}
 _DEV_DEFAULTS = {"dataset": None, "data_root": None, "every": 250, "max_windows": 0}
-_SECTIONS = {"data", "model", "train", "samplers", "runtime", "dev"}
+# The paper's objective by default: one hinge per triplet, in-batch negatives only.
+_LOSS_DEFAULTS = {"kind": "hinge", "temperature": 0.1, "projection_dim": 0, "gather": False,
+                  "xbm_size": 0, "xbm_start_step": 0}
+LOSS_KINDS = ("hinge", "soft-margin", "batch-all", "nt-xent")
+_SECTIONS = {"data", "model", "train", "samplers", "runtime", "dev", "loss", "schedule", "augment"}
 
 
 class ConfigError(ValueError):
@@ -92,15 +113,25 @@ class TrainConfig:
     workers: int
     bf16: bool | str = "auto"
     dev: dict | None = None  # the [dev] table, defaults filled in; None: no dev tracking
+    init: str | None = None  # warm start: a model (registry name, folder) or checkpoint .pt
+    loss: dict = field(default_factory=lambda: dict(_LOSS_DEFAULTS))
+    schedule: dict = field(default_factory=lambda: Schedule().to_dict())
+    augment: dict = field(default_factory=lambda: Augment().to_dict())
+
+    @property
+    def contrastive(self) -> bool:
+        return self.loss["kind"] == "nt-xent"
 
     def to_dict(self) -> dict:
         return {"data": {"cache": self.cache}, "model": self.model.to_dict(),
                 "train": {"batch_size": self.batch_size, "steps": self.steps, "mining": self.mining,
                           "lr": self.lr, "margin": self.margin, "seed": self.seed,
-                          "checkpoint_every": self.checkpoint_every, "log_every": self.log_every},
+                          "checkpoint_every": self.checkpoint_every, "log_every": self.log_every,
+                          "init": self.init},
                 "samplers": copy.deepcopy(self.samplers),
                 "runtime": {"device": self.device, "threads": self.threads, "workers": self.workers,
                             "bf16": self.bf16},
+                "loss": dict(self.loss), "schedule": dict(self.schedule), "augment": copy.deepcopy(self.augment),
                 **({"dev": dict(self.dev)} if self.dev else {})}
 
 
@@ -160,12 +191,54 @@ def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
     if runtime["bf16"] not in (True, False, "auto"):
         raise ConfigError(f"[runtime] bf16 must be true, false or \"auto\", got {runtime['bf16']!r}")
     dev = _dev_table(d.get("dev"), base_dir)
+    loss = _loss_table(d.get("loss", {}))
+    if loss["kind"] in ("hinge", "soft-margin") and (loss["gather"] or loss["xbm_size"]) and not train["mining"]:
+        raise ConfigError("[loss] gather and xbm_size widen the pool that mining picks from: "
+                          "set [train] mining = true (or use kind = \"batch-all\")")
+    if loss["kind"] == "batch-all" and not train["mining"]:
+        # batch-all uses every allowed negative; mining=false would still mean "own negative
+        # only" elsewhere, so say which one wins rather than guess.
+        raise ConfigError("[loss] kind = \"batch-all\" uses every allowed negative: set [train] mining = true")
+    try:
+        schedule = Schedule.from_dict(d.get("schedule")).to_dict()
+        augment = Augment.from_dict(d.get("augment")).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
     return TrainConfig(cache=cache, model=model, batch_size=train["batch_size"], steps=train["steps"],
                        mining=train["mining"], lr=float(lr), margin=float(train["margin"]),
                        seed=int(train["seed"]), checkpoint_every=train["checkpoint_every"],
                        log_every=train["log_every"], samplers=samplers, device=runtime["device"],
                        threads=int(runtime["threads"]), workers=int(runtime["workers"]),
-                       bf16=runtime["bf16"], dev=dev)
+                       bf16=runtime["bf16"], dev=dev, init=_init(train["init"], base_dir), loss=loss, schedule=schedule, augment=augment)
+
+
+def _init(value, base_dir) -> str | None:
+    """A checkpoint path resolves against the recipe's folder; model names pass through."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"[train] init must be a model name, folder or checkpoint path, got {value!r}")
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    if value.endswith(".pt") and not path.is_absolute():
+        path = (Path(base_dir) / path).resolve()
+    return str(path) if value.endswith(".pt") else value
+
+
+def _loss_table(table: dict) -> dict:
+    loss = {**_LOSS_DEFAULTS, **table}
+    _check_keys("loss", loss, _LOSS_DEFAULTS)
+    if loss["kind"] not in LOSS_KINDS:
+        raise ConfigError(f"[loss] kind must be one of {list(LOSS_KINDS)}, got {loss['kind']!r}")
+    if not isinstance(loss["temperature"], (int, float)) or loss["temperature"] <= 0:
+        raise ConfigError(f"[loss] temperature must be positive, got {loss['temperature']!r}")
+    for key in ("projection_dim", "xbm_size", "xbm_start_step"):
+        if not isinstance(loss[key], int) or isinstance(loss[key], bool) or loss[key] < 0:
+            raise ConfigError(f"[loss] {key} must be an integer >= 0, got {loss[key]!r}")
+    if not isinstance(loss["gather"], bool):
+        raise ConfigError(f"[loss] gather must be true or false, got {loss['gather']!r}")
+    if loss["kind"] == "nt-xent" and loss["xbm_size"]:
+        raise ConfigError("[loss] xbm_size applies to the triplet losses, not nt-xent")
+    return loss
 
 
 def _dev_table(table: dict | None, base_dir) -> dict | None:

@@ -328,12 +328,17 @@ def make_sampler(spec: dict[str, dict]) -> Joint:
 @dataclass
 class Batch:
     """A step's triplets as arrays. ``energies``: float32 ``(3, B, T, N_MELS)`` (anchors,
-    positives, negatives); ``candidates``: bool ``(B, 3B)``, see :func:`negative_candidates`."""
+    positives, negatives); ``candidates``: bool ``(B, 3B)``, see :func:`negative_candidates`;
+    ``recordings``: int64 ``(3B, REC_SLOTS)``, the recordings each window holds (-1: unused);
+    ``pool_ok``: bool ``(B,)``, whether a triplet may take negatives from outside its batch
+    (``training.negatives``)."""
 
     energies: np.ndarray
     samplers: list[str]
     minable: np.ndarray
     candidates: np.ndarray
+    recordings: np.ndarray | None = None
+    pool_ok: np.ndarray | None = None
 
 
 def negative_candidates(triplets: Sequence[Triplet]) -> np.ndarray:
@@ -369,13 +374,32 @@ def negative_candidates(triplets: Sequence[Triplet]) -> np.ndarray:
     return mask
 
 
+def window_recordings(triplets: Sequence[Triplet]) -> np.ndarray:
+    """``(3B, REC_SLOTS)`` recording ids of ``[anchors, positives, negatives]``, -1 padded."""
+    from training.negatives import REC_SLOTS
+
+    b = len(triplets)
+    out = np.full((3 * b, REC_SLOTS), -1, dtype=np.int64)
+    for k, field_name in enumerate(("anchor_recordings", "positive_recordings", "negative_recordings")):
+        for i, t in enumerate(triplets):
+            recs = sorted(getattr(t, field_name))
+            if len(recs) > REC_SLOTS:
+                raise ValueError(f"a window holds {len(recs)} recordings; at most {REC_SLOTS} are tracked")
+            out[k * b + i, :len(recs)] = recs
+    return out
+
+
 def sample_batch(sampler: TripletSampler, cache: FeatureCache, batch_size: int, seed: int,
-                 rank: int, step: int) -> Batch:
-    """Step ``step``'s batch on ``rank``: ``batch_size`` triplets from ``batch_rng``."""
+                 rank: int, step: int, augment=None) -> Batch:
+    """Step ``step``'s batch on ``rank``: ``batch_size`` triplets from ``batch_rng``, each
+    positive then augmented by ``augment`` (a ``training.augment.Augment``) when it is enabled."""
     rng = batch_rng(seed, rank, step)
     triplets = [sampler.sample(cache, rng) for _ in range(batch_size)]
+    if augment is not None and augment.enabled:
+        triplets = [augment.apply(t, cache, rng) for t in triplets]
     energies = np.empty((3, batch_size, T, frontend.N_MELS), dtype=np.float32)
     for i, t in enumerate(triplets):
         energies[0, i], energies[1, i], energies[2, i] = t.anchor, t.positive, t.negative
-    return Batch(energies, [t.sampler for t in triplets],
-                 np.array([t.minable for t in triplets]), negative_candidates(triplets))
+    pool_ok = np.array([t.minable and t.sampler != ExplicitLabel.name for t in triplets])
+    return Batch(energies, [t.sampler for t in triplets], np.array([t.minable for t in triplets]),
+                 negative_candidates(triplets), window_recordings(triplets), pool_ok)

@@ -40,8 +40,11 @@ from training import distributed
 from training.config import TrainConfig
 from training.dev_tracking import DevQbE
 from training.feature_cache import FeatureCache
-from training.losses import TripletLoss
+from training.augment import Augment
+from training.losses import NTXentLoss, TripletLoss
+from training.negatives import NegativePool
 from training.samplers import make_sampler, sample_batch
+from training.schedule import Schedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
@@ -54,11 +57,13 @@ class StepBatches(torch.utils.data.Dataset):
     Opens the cache lazily so it pickles cheaply into DataLoader workers.
     """
 
-    def __init__(self, cache_path: str, sampler_spec: dict, batch_size: int, seed: int, rank: int):
+    def __init__(self, cache_path: str, sampler_spec: dict, batch_size: int, seed: int, rank: int,
+                 augment: dict | None = None):
         self.cache_path, self.sampler_spec = cache_path, sampler_spec
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self._cache = None
         self._sampler = make_sampler(sampler_spec)
+        self._augment = Augment.from_dict(augment)
         self.sampler_names = sorted({s.name for s in self._sampler.samplers})
 
     def __getstate__(self):
@@ -74,12 +79,12 @@ class StepBatches(torch.utils.data.Dataset):
         return 1 << 62
 
     def __getitem__(self, step: int) -> dict:
-        b = sample_batch(self._sampler, self.cache, self.batch_size, self.seed, self.rank, step)
-        counts = np.zeros(len(self.sampler_names), dtype=np.float32)
-        for name in b.samplers:
-            counts[self.sampler_names.index(name)] += 1
+        b = sample_batch(self._sampler, self.cache, self.batch_size, self.seed, self.rank, step, self._augment)
+        which = np.array([self.sampler_names.index(name) for name in b.samplers], dtype=np.int64)
+        counts = np.bincount(which, minlength=len(self.sampler_names)).astype(np.float32)
         return {"energies": torch.from_numpy(b.energies), "candidates": torch.from_numpy(b.candidates),
-                "counts": torch.from_numpy(counts)}
+                "counts": torch.from_numpy(counts), "sampler_index": torch.from_numpy(which),
+                "recordings": torch.from_numpy(b.recordings), "pool_ok": torch.from_numpy(b.pool_ok)}
 
 
 def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
@@ -180,21 +185,70 @@ class RunResult:
     checkpoint: Path | None
 
 
-def train_step(model, loss_fn, optimizer, batch: dict, device: torch.device, autocast=None):
-    """One optimisation step on a batch from :class:`StepBatches`; returns ``(loss, stats)``."""
+def train_step(model, loss_fn, optimizer, batch: dict, device: torch.device, autocast=None, pool=None):
+    """One optimisation step on a batch from :class:`StepBatches`; returns ``(loss, stats)``.
+
+    Triplet losses embed anchors, positives and negatives; ``NTXentLoss`` only the two views
+    (anchor and positive), so a contrastive step costs two thirds of a triplet step.
+    """
+    contrastive = isinstance(loss_fn, NTXentLoss)
     x = batch["energies"].to(device, non_blocking=True)
     b = x.shape[1]
+    views = 2 if contrastive else 3
     # The model sees log-mel: the samplers worked on linear energies (section 3.2).
-    x = frontend.log_mel(x).reshape(3 * b, 1, frontend.WINDOW_FRAMES, frontend.N_MELS)
+    x = frontend.log_mel(x[:views]).reshape(views * b, 1, frontend.WINDOW_FRAMES, frontend.N_MELS)
     x = x.contiguous(memory_format=torch.channels_last)
     with autocast or nullcontext():
         emb = model(x)
-    a, p, n = emb.float().split(b)
-    loss, stats = loss_fn(a, p, n, batch["candidates"].to(device, non_blocking=True))
+    recs = batch.get("recordings")
+    if contrastive:
+        v1, v2 = emb.float().split(b)
+        loss, stats = loss_fn(v1, v2, recs[:2 * b].to(device))
+    else:
+        a, p, n = emb.float().split(b)
+        extra = {} if pool is None else {"pool": pool, "recs": recs, "pool_ok": batch["pool_ok"]}
+        loss, stats = loss_fn(a, p, n, batch["candidates"].to(device, non_blocking=True), **extra)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss, stats
+
+
+def make_loss(config: TrainConfig) -> torch.nn.Module:
+    """The configured objective (``[loss]``; see ``training.losses``)."""
+    if config.contrastive:
+        return NTXentLoss(config.loss["temperature"], config.loss["projection_dim"],
+                          config.model.embedding_dim, gather=config.loss["gather"])
+    return TripletLoss(margin=config.margin, mining=config.mining, kind=config.loss["kind"])
+
+
+def make_pool(config: TrainConfig, device: torch.device) -> NegativePool | None:
+    """The negatives beyond the batch (``[loss] gather``, ``xbm_size``), or None."""
+    if config.contrastive or not (config.loss["gather"] or config.loss["xbm_size"]):
+        return None
+    return NegativePool(config.loss["gather"], config.loss["xbm_size"], config.loss["xbm_start_step"],
+                        config.model.embedding_dim, device)
+
+
+def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
+    """Load ``config.init``'s weights into ``model`` (a fresh run); returns what was loaded."""
+    from audioembed.model_folder import sha256_file
+
+    spec = config.init
+    if spec.endswith(".pt"):
+        ckpt = load_checkpoint(spec)
+        source_config, state, digest = ckpt["config"]["model"], ckpt["model"], sha256_file(spec)
+    else:
+        from audioembed import load_model
+
+        loaded = load_model(spec)
+        source_config, state = loaded.config.to_dict(), loaded.state_dict()
+        digest = (getattr(loaded, "info", {}) or {}).get("sha256")
+    if source_config != config.model.to_dict():
+        raise ValueError(f"[train] init {spec}: its model config {source_config} differs from the "
+                         f"configured {config.model.to_dict()}")
+    model.load_state_dict(state)
+    return {"spec": spec, "sha256": digest}
 
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
@@ -280,7 +334,12 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     cuda = ctx.device.type == "cuda"
     torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts)
     model = AudioResNet(config.model).to(ctx.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # The loss may hold parameters (the contrastive projection head): trained, checkpointed,
+    # never exported.
+    loss_fn = make_loss(config).to(ctx.device)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(loss_fn.parameters()), lr=config.lr)
+    pool = make_pool(config, ctx.device)
+    plan = Schedule.from_dict(config.schedule)
     step, triplets_seen, elapsed = 0, 0, 0.0
     code: list[dict] = []  # which source tree trained which steps
     if resume:
@@ -295,6 +354,18 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                           "processes: the data order will differ from an uninterrupted run")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if "loss_state" in ckpt:
+            loss_fn.load_state_dict(ckpt["loss_state"])
+        if pool is not None and pool.memory is not None and ckpt.get("xbm") is not None:
+            pool.memory.load_state_dict(ckpt["xbm"])
+        # The schedule's plan is the one the run started with: a resume with another budget
+        # must not reshape the curve (training.schedule).
+        if "schedule" in ckpt:
+            started_plan = Schedule.from_dict(ckpt["schedule"])
+            if started_plan != plan:
+                warnings.warn(f"the run started with schedule {started_plan.to_dict()}; it keeps "
+                              f"that plan, not the configured {plan.to_dict()}")
+            plan = started_plan
         # The configured rate wins over the checkpoint's, so a run can be continued (or
         # branched for tuning) at another rate; the log records the rate of every step.
         for group in optimizer.param_groups:
@@ -302,11 +373,14 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         step, triplets_seen, elapsed = ckpt["step"], ckpt["triplets_seen"], ckpt["elapsed_s"]
         code = list(ckpt.get("code", []))
         del ckpt
-    code.append({"from_step": step, "git_commit": git_commit(), "world_size": ctx.world_size})
+    entry = {"from_step": step, "git_commit": git_commit(), "world_size": ctx.world_size}
+    if not resume and config.init:
+        entry["init"] = warm_start(model, config)
+    code.append(entry)
     ddp_model = distributed.wrap(model, ctx)
-    loss_fn = TripletLoss(margin=config.margin, mining=config.mining)
     cache = FeatureCache(config.cache)
-    dataset = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, ctx.rank)
+    dataset = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, ctx.rank,
+                          config.augment)
     names = dataset.sampler_names
     workers = config.workers if config.workers >= 0 else (4 if cuda else 0)
     per_step = config.batch_size * ctx.world_size
@@ -329,11 +403,16 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
                             "triplets_seen": triplets_seen,
                             "elapsed_s": elapsed + time.monotonic() - started,
                             "config": config.to_dict(), "world_size": ctx.world_size,
-                            "data": provenance, "code": code}, ckpt_path)
+                            "data": provenance, "code": code, "schedule": plan.to_dict(),
+                            "loss_state": loss_fn.state_dict(),
+                            "xbm": pool.memory.state_dict() if pool is not None and pool.memory else None},
+                           ckpt_path)
         return ckpt_path
 
-    # Sums since the last log line: loss, active, d_ap, d_an, steps, then per-sampler counts.
-    acc = torch.zeros(5 + len(names), device=ctx.device, dtype=torch.float64)
+    # Sums since the last log line: loss, active, d_ap, d_an, steps, pool size, then per
+    # sampler: triplet counts, loss sums, active sums.
+    n_s = len(names)
+    acc = torch.zeros(6 + 3 * n_s, device=ctx.device, dtype=torch.float64)
     t_log, steps_since = time.monotonic(), 0
     reason = "steps"
     saved_step = None
@@ -366,23 +445,38 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
             reason = "max_triplets"  # already spent by the run being resumed
         while step < config.steps and reason == "steps":
             batch = next(batches)
-            loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast)
+            lr = config.lr * plan.factor(triplets_seen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
+            if pool is not None:
+                pool.update(loss_fn.last_pool, step)
             step += 1
             triplets_seen += per_step
             steps_since += 1
-            acc[:5] += torch.stack([loss.detach(), stats["active"], stats["d_ap"], stats["d_an"],
-                                    torch.ones((), device=ctx.device)]).double()
-            acc[5:] += batch["counts"].to(ctx.device).double()
+            acc[:6] += torch.stack([loss.detach(), stats["active"], stats["d_ap"], stats["d_an"],
+                                    torch.ones((), device=ctx.device), stats["pool_size"]]).double()
+            which = batch["sampler_index"].to(ctx.device)
+            acc[6:6 + n_s] += batch["counts"].to(ctx.device).double()
+            acc[6 + n_s:6 + 2 * n_s].index_add_(0, which, stats["per_triplet_loss"].double())
+            acc[6 + 2 * n_s:].index_add_(0, which, stats["per_triplet_active"].double())
             if step % config.log_every == 0 or step == config.steps:
                 distributed.all_reduce_sum(acc, ctx)
                 now = time.monotonic()
                 vals = acc.tolist()
                 k = vals[4]
+                counts = vals[6:6 + n_s]
                 record = {"step": step, "loss": vals[0] / k, "active": vals[1] / k,
                           "d_ap": vals[2] / k, "d_an": vals[3] / k,
                           "triplets_per_s": per_step * steps_since / max(now - t_log, 1e-9),
                           "lr": optimizer.param_groups[0]["lr"],
-                          "samplers": {nm: int(c) for nm, c in zip(names, vals[5:])},
+                          "samplers": {nm: int(c) for nm, c in zip(names, counts)},
+                          # Per sampler: mean loss and active fraction of its triplets.
+                          "per_sampler": {nm: {"loss": ls / c, "active": ac / c}
+                                          for nm, c, ls, ac in zip(names, counts, vals[6 + n_s:6 + 2 * n_s],
+                                                                   vals[6 + 2 * n_s:]) if c},
+                          # Mean number of negatives each anchor could use (1: its own only).
+                          "pool_size": vals[5] / k,
                           "triplets_seen": triplets_seen,
                           "elapsed_s": round(elapsed + now - started, 3)}
                 if log_file is not None:

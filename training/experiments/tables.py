@@ -168,11 +168,17 @@ def runs_table(exp: Experiment, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _start(exp: Experiment) -> str:
+    init = next((o.split("=", 1)[1].strip('"') for o in exp.overrides if o.startswith("train.init=")), None)
+    return f"the weights `{init}`" if init else "random initialisation"
+
+
 def render(exp: Experiment) -> str:
     """The whole Markdown file."""
     results = load_arm_results(exp)
-    out = [f"# {exp.title}: the paper's Tables 1-3 on open data", "",
-           f"Every training arm starts from random initialisation (seed {exp.seed}) and trains for "
+    out = [f"# {exp.title}" + (": the paper's Tables 1-3 on open data" if "1" in
+                                {t for a in exp.arms for t in a.tables} else ""), "",
+           f"Every training arm starts from {_start(exp)} (seed {exp.seed}) and trains for "
            f"{exp.triplets:,} triplets. Recovery = (row - log-mel) / (topline - log-mel) on the same "
            "dataset and metric. Classifier and light-supervision protocols: `python -m training "
            "evaluate` (5-fold group-aware cross-validation; light supervision 20 clips per class, "
@@ -180,8 +186,11 @@ def render(exp: Experiment) -> str:
     out += ["## Table 2: retrieval and classification", ""]
     for d in exp.datasets:
         out += table2(exp, results, d) + [""]
-    out += ["## Table 1: sampler hyperparameters (QbE mAP)", ""] + table1(exp, results) + [""]
-    out += ["## Table 3: light supervision (20 clips per class, 3 draws)", ""] + table3(exp, results) + [""]
+    used = {t for a in exp.arms for t in a.tables}
+    if "1" in used:
+        out += ["## Table 1: sampler hyperparameters (QbE mAP)", ""] + table1(exp, results) + [""]
+    if "3" in used:
+        out += ["## Table 3: light supervision (20 clips per class, 3 draws)", ""] + table3(exp, results) + [""]
     notes = [f"- † {a.label}: {a.note}" for a in exp.arms if a.note]
     if notes:
         out += ["Notes:", ""] + notes + [""]
