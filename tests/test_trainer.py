@@ -320,3 +320,57 @@ def test_training_loss_falls_and_dev_qbe_rises_above_chance(tmp_path, one_thread
     after = held_out_hinge(model_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoint.pt")),
                            triplets, config.margin)
     assert after < 0.75 * before
+
+
+def hand_picked_negatives(a: np.ndarray, p: np.ndarray, n: np.ndarray, candidates: np.ndarray,
+                          margin: float) -> list[int]:
+    """Section 4.2's choice, written out triplet by triplet: the closest candidate inside the
+    semi-hard band, else the closest one farther than the positive, else the own negative."""
+    pool = np.concatenate([a, p, n])
+    b = len(a)
+    picks = []
+    for i in range(b):
+        d_ap = ((a[i] - p[i]) ** 2).sum()
+        d = {j: ((a[i] - pool[j]) ** 2).sum() for j in np.flatnonzero(candidates[i])}
+        semi = [j for j in d if d_ap < d[j] < d_ap + margin]
+        farther = [j for j in d if d[j] > d_ap]
+        picks.append(min(semi, key=d.get) if semi else min(farther, key=d.get) if farther else 2 * b + i)
+    return picks
+
+
+def test_mining_in_train_step_hands_the_loss_the_batch_candidates(cache, one_thread):
+    import copy
+
+    from audioembed.model import AudioResNet, ModelConfig
+    from training.losses import TripletLoss, triplet_loss
+    from training.samplers import DEFAULT_JOINT
+    from training.trainer import StepBatches, train_step
+
+    seen = {}
+
+    class Spy(TripletLoss):
+        def forward(self, anchor, positive, negative, candidates=None):
+            seen.update(a=anchor.detach().clone(), p=positive.detach().clone(),
+                        n=negative.detach().clone(), candidates=candidates)
+            return super().forward(anchor, positive, negative, candidates)
+
+    dataset = StepBatches(str(cache), {name: {} for name in DEFAULT_JOINT}, 8, seed=0, rank=0)
+    batch = dataset[3]  # a batch with mixing triplets (own negative only) and active mined ones
+    torch.manual_seed(0)
+    model = AudioResNet(ModelConfig(layers=(1, 1, 1, 1), base_width=8))
+    twin = copy.deepcopy(model)
+    loss, _ = train_step(model, Spy(margin=0.1, mining=True), torch.optim.Adam(model.parameters()),
+                         batch, torch.device("cpu"))
+    mask = seen["candidates"].numpy()
+    np.testing.assert_array_equal(mask, batch["candidates"].numpy())
+    b = len(mask)
+    assert (mask.sum(1) > 1).sum() >= b // 2  # most triplets may take another window's negative
+    a, p, n = (torch.nn.functional.normalize(seen[k], dim=1) for k in "apn")
+    picks = hand_picked_negatives(a.double().numpy(), p.double().numpy(), n.double().numpy(), mask, 0.1)
+    assert sum(j != 2 * b + i for i, j in enumerate(picks)) >= 2  # the premise: mining changes the batch
+    expected, _ = triplet_loss(a, p, torch.cat([a, p, n])[picks], margin=0.1)
+    assert expected.item() > 0.01
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    plain, _ = train_step(twin, TripletLoss(margin=0.1, mining=False),
+                          torch.optim.Adam(twin.parameters()), batch, torch.device("cpu"))
+    assert abs(plain.item() - loss.item()) > 1e-3
