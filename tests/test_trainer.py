@@ -374,3 +374,49 @@ def test_mining_in_train_step_hands_the_loss_the_batch_candidates(cache, one_thr
     plain, _ = train_step(twin, TripletLoss(margin=0.1, mining=False),
                           torch.optim.Adam(twin.parameters()), batch, torch.device("cpu"))
     assert abs(plain.item() - loss.item()) > 1e-3
+
+
+def native_bf16(monkeypatch, avx512: bool, amx: bool = False) -> None:
+    """Make the CPU probes report a host with (or without) native bf16 instructions."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+def with_bf16(config, value):
+    d = config.to_dict()
+    return from_dict({**d, "runtime": {**d["runtime"], "bf16": value}})
+
+
+def test_use_bf16_follows_the_setting_and_probes_the_cpu_only_on_auto(cache, tmp_path, monkeypatch):
+    from training.trainer import use_bf16
+
+    config = load_config(tiny_config(cache, tmp_path))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for avx512, amx in [(False, False), (True, False), (False, True), (True, True)]:
+        native_bf16(monkeypatch, avx512, amx)
+        assert use_bf16(with_bf16(config, "auto"), cpu) is (avx512 or amx)
+        assert use_bf16(with_bf16(config, True), cpu) is True
+        assert use_bf16(with_bf16(config, False), cpu) is False
+        assert use_bf16(with_bf16(config, "auto"), cuda) is True
+        assert use_bf16(with_bf16(config, False), cuda) is False
+
+
+def test_bf16_forced_on_and_off_in_two_step_runs(cache, tmp_path, monkeypatch, one_thread):
+    # Margin 1: every triplet is in the loss, so its value reflects the arithmetic of all of them.
+    config = load_config(tiny_config(cache, tmp_path, steps=2, checkpoint_every=2, margin=1.0))
+
+    def losses(value, native: bool, name: str) -> list[float]:
+        native_bf16(monkeypatch, native)
+        train(with_bf16(config, value), tmp_path / name, echo=lambda s: None)
+        return [json.loads(x)["loss"] for x in (tmp_path / name / LOG_NAME).read_text().splitlines()]
+
+    off = losses(False, native=False, name="off")
+    on = losses(True, native=False, name="on")
+    # Forced off on a host with native bf16 still computes in fp32: CI on such a host must
+    # not switch precision behind the configuration's back.
+    assert losses(False, native=True, name="off-native") == off
+    # Forced on where the CPU lacks it, bf16 is used all the same: a different, nearby loss.
+    assert on != off and on == pytest.approx(off, rel=0.1, abs=1e-3)
+    # "auto" follows the probe.
+    assert losses("auto", native=True, name="auto-native") == on
+    assert losses("auto", native=False, name="auto-plain") == off
