@@ -193,3 +193,92 @@ def test_recovery_and_markdown_table():
     no_top = markdown_table([base, model]).strip().splitlines()
     assert no_top[3].split(" | ")[4] == "–"
     assert not math.isnan(recovery(1.0, 0.0, 2.0))
+
+
+def test_early_stopping_restores_best_epoch(monkeypatch):
+    emb, y = _clusters(n_classes=2, per_class=10)
+    x, t = torch.from_numpy(emb), torch.from_numpy(y.astype(np.float32))
+    # Validation loss falls to its lowest at epoch 3, then rises: patience 3 stops after epoch 6.
+    script = iter([0.9, 0.7, 0.5, 0.6, 0.8, 1.0, 1.2, 1.4])
+    snapshots = []
+
+    def scripted_loss(model, xv, yv):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(script)
+
+    monkeypatch.setattr(clf, "_mean_loss", scripted_loss)
+    cfg = clf.MLPConfig(hidden_units=8, epochs=20, batch_size=4, patience=3, lr=1e-2)
+    model, log = clf.train_mlp(x, t, cfg, val=(x, t))
+    assert log["best_epoch"] == 3 and log["epochs_run"] == 6 and log["val_loss"] == 0.5
+    assert len(snapshots) == 6
+    got = model.state_dict()
+    for k, v in got.items():
+        torch.testing.assert_close(v, snapshots[2][k], rtol=0, atol=0, msg=k)
+    # The premise: training went on after epoch 3, so keeping the last weights would differ.
+    assert not torch.equal(snapshots[2]["1.weight"], snapshots[5]["1.weight"])
+
+
+def test_validation_segments_come_from_the_training_fold_by_group(monkeypatch):
+    n = 40
+    y = np.eye(2, dtype=bool)[np.tile([0, 1], n // 2)]
+    groups = np.array([f"g{i // 4}" for i in range(n)])
+    seg = np.repeat(np.arange(n), 2)
+    # Column 0 carries each window's segment, so what the MLP was handed can be traced back.
+    x = np.stack([seg, y[seg, 1] + 0.1 * np.random.default_rng(0).standard_normal(len(seg))], 1)
+    data = clf.WindowData(torch.from_numpy(x.astype(np.float32)), seg, y, groups)
+    seen = []
+    real = clf.train_mlp
+
+    def spy(xf, yf, config, val=None):
+        seen.append((set(xf[:, 0].long().tolist()), set(val[0][:, 0].long().tolist())))
+        return real(xf, yf, config, val)
+
+    monkeypatch.setattr(clf, "train_mlp", spy)
+    splits, _ = clf.outer_folds(y, None, list(groups), seed=0)
+    cfg = clf.MLPConfig(hidden_units=8, epochs=2, batch_size=16, val_fraction=0.25, max_windows=None)
+    res = clf.cross_validate(data, splits, cfg)
+    assert len(seen) == len(splits) == 5
+    for (train, test), (fit, val), fold in zip(splits, seen, res["folds"]):
+        assert fold["stopping"] == "early stopping" and val
+        assert fit | val == set(train.tolist()) and not fit & val
+        assert not val & set(test.tolist())
+        assert not set(groups[list(val)]) & set(groups[test])
+        assert not set(groups[list(val)]) & set(groups[list(fit)])
+
+
+def test_classifier_scores_hand_ranked_multi_label_case_against_scikit_learn():
+    from sklearn.metrics import average_precision_score
+
+    # Classes A, B, C, D; C has no positive in this test set and is left out of the mean.
+    y = np.array([[1, 1, 0, 0],   # segment 0: A, B
+                  [1, 0, 0, 0],   # segment 1: A
+                  [0, 1, 0, 1],   # segment 2: B, D
+                  [0, 0, 0, 1],   # segment 3: D
+                  [0, 0, 0, 0],   # segment 4: none
+                  [1, 0, 0, 1]],  # segment 5: A, D
+                 dtype=bool)
+    scores = np.array([[0.9, 0.5, 0.3, 0.1],
+                       [0.4, 0.7, 0.3, 0.2],
+                       [0.6, 0.8, 0.3, 0.9],
+                       [0.2, 0.1, 0.3, 0.8],
+                       [0.1, 0.2, 0.3, 0.3],
+                       [0.3, 0.3, 0.3, 0.4]])
+    # A: ranking 0+ 2- 1+ 5+ 3- 4-: precisions at the positives 1, 2/3, 3/4.
+    # B: ranking 2+ 1- 0+ ...: precisions 1, 2/3.   D: ranking 2+ 3+ 5+ ...: AP 1.
+    hand = {0: (1 + 2 / 3 + 3 / 4) / 3, 1: (1 + 2 / 3) / 2, 3: 1.0}
+    for c, ap in hand.items():
+        assert average_precision_score(y[:, c], scores[:, c]) == pytest.approx(ap)
+    res = classifier_scores(y, scores)
+    assert res["map"] == pytest.approx(sum(hand.values()) / 3) and res["n_classes"] == 3
+    assert "accuracy" not in res  # not single-label
+    with pytest.raises(ValueError, match="no class has a positive"):
+        classifier_scores(np.zeros((3, 2), bool), scores[:3, :2])
+
+
+def test_classifier_scores_single_label_case_with_ap_below_one():
+    y = np.eye(2, dtype=bool)[[0, 0, 1, 1]]
+    scores = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    # Class 0: ranking 0+ 2- 1+ 3-: AP (1 + 2/3) / 2. Class 1: ranking 3+ 1- 2+ 0-: the same.
+    res = classifier_scores(y, scores)
+    assert res["map"] == pytest.approx((1 + 2 / 3) / 2)
+    assert res["accuracy"] == pytest.approx(2 / 4)  # segments 1 and 2 are argmax the other class

@@ -45,15 +45,18 @@ def test_query_by_example_on_fsdd(tiny_model_dir, tmp_path, monkeypatch, capsys)
 
 
 def test_few_shot_classifier_on_fsdd(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    folder = fsdd_subset(tmp_path, "01", 5)
-    out = run_example("few_shot_classifier.py", [folder, "--model", tiny_model_dir, "--shots", 3,
-                                                  "--test", 2], monkeypatch, capsys)
+    # "one" against "six": the hiss of the /s/ fills high bands that even the tiny random
+    # network's embedding responds to (both classifiers were 10/10 when this was written;
+    # "zero" against "one" is near chance for it).
+    folder = fsdd_subset(tmp_path, "16", 10)
+    out = run_example("few_shot_classifier.py", [folder, "--model", tiny_model_dir, "--shots", 5,
+                                                  "--test", 5], monkeypatch, capsys)
     lines = out.splitlines()
-    assert lines[0] == "classes: 2 (0 1); 3 training and 2 held-out clips per class"
+    assert lines[0] == "classes: 2 (1 6); 5 training and 5 held-out clips per class"
     accuracies = {line.split(":")[0]: float(line.split()[-1]) for line in lines[1:]}
     assert accuracies["chance"] == 0.5
     for key in ("nearest centroid accuracy", "logistic regression accuracy"):
-        assert accuracies[key] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 held-out clips
+        assert accuracies[key] >= 0.8, out  # 10 held-out clips: at least 8 right
 
 
 def test_few_shot_classifier_separates_easy_classes(tiny_model_dir, make_wav, tmp_path,

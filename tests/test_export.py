@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,17 @@ def checkpoint(tmp_path_factory):
     return tmp / "run" / "checkpoint.pt", audio / "a0.wav"
 
 
+def assert_release_state(model: torch.nn.Module, state: dict) -> None:
+    got = model.state_dict()
+    assert got.keys() == state.keys()
+    for k, v in state.items():
+        want = v.half().float() if v.is_floating_point() else v
+        assert got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype), k
+        assert torch.equal(got[k], want), k
+    assert any(k.endswith("running_var") and not torch.equal(v, torch.ones_like(v)) for k, v in state.items())
+    assert state["bn1.num_batches_tracked"].item() == 2
+
+
 def test_export_loads_and_embeds(checkpoint, tmp_path):
     ckpt, wav = checkpoint
     out = tmp_path / "model"
@@ -51,10 +63,10 @@ def test_export_loads_and_embeds(checkpoint, tmp_path):
     assert [(c["from_step"], c["world_size"]) for c in prov["training_code"]] == [(0, 1)]
     e = audioembed.embed(str(wav), model=model)
     assert e.shape == (128,) and abs(float(np.linalg.norm(e)) - 1) < 1e-4
-    # fp16 release weights equal the checkpoint's rounded to fp16.
-    state = load_checkpoint(ckpt)["model"]
-    k = "layer1.0.conv1.weight"
-    torch.testing.assert_close(model.state_dict()[k], state[k].half().float())
+    # The release holds the checkpoint's whole state, BatchNorm buffers included (trained for
+    # two steps, so they are no longer their initial values): floats rounded to fp16, the
+    # batch counters exact.
+    assert_release_state(model, load_checkpoint(ckpt)["model"])
     card = write_model_card(out, "org/tiny", prov).read_text()
     assert "hf-hub:org/tiny" in card and prov["data_manifest_sha256"] in card
     assert json.loads((out / "config.json").read_text())["provenance"]["world_size"] == 1
@@ -65,21 +77,36 @@ def test_push_to_hub_uploads_the_folder_with_a_card(checkpoint, tmp_path, monkey
 
     from training.export import export_checkpoint, push_to_hub
 
-    calls = {}
+    calls = []
+    uploaded = tmp_path / "uploaded"
 
     class FakeApi:
+        """Records the calls, and keeps a copy of the folder as it was when uploaded."""
+
         def __init__(self, token=None):
-            calls["token"] = token
+            calls.append(("token", token))
 
         def create_repo(self, repo_id, exist_ok=False):
-            calls["repo"] = repo_id
+            calls.append(("create_repo", repo_id, exist_ok))
 
         def upload_folder(self, repo_id, folder_path, commit_message):
-            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-            return "https://example.invalid/commit/1"
+            calls.append(("upload_folder", repo_id))
+            shutil.copytree(folder_path, uploaded)
+            return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc",
+                                              commit_message=commit_message, commit_description="",
+                                              oid="abc")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     folder = export_checkpoint(checkpoint[0], tmp_path / "m", name="tiny")
-    assert push_to_hub(folder, "org/tiny").endswith("/commit/1")
-    assert calls["repo"] == "org/tiny"
-    assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
+    url = push_to_hub(folder, "org/tiny", token="t0k")
+    # The client's CommitInfo is a str subclass; a plain URL string is handed back.
+    assert type(url) is str and url.endswith("/org/tiny/commit/abc")
+    assert calls == [("token", "t0k"), ("create_repo", "org/tiny", True), ("upload_folder", "org/tiny")]
+    assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    # What went up is a working release of the checkpoint, with a card written for this repo.
+    model = audioembed.load_model(uploaded)
+    assert_release_state(model, load_checkpoint(checkpoint[0])["model"])
+    prov = model.info["config"]["provenance"]
+    card = (uploaded / "README.md").read_text()
+    assert "hf-hub:org/tiny" in card and prov["data_manifest_sha256"] in card
+    assert f"Trained for {prov['steps']} steps on {prov['triplets_seen']} triplets" in card

@@ -25,11 +25,14 @@ def test_model_attributes(model):
     assert model.scene_embedding_size == model.timestamp_embedding_size == 128
 
 
-def test_empty_path_loads_the_default_model(monkeypatch, model):
-    seen = []
-    monkeypatch.setattr("audioembed.loading.load_model", lambda name=None: seen.append(name) or model.net)
-    assert hear.load_model("").net is model.net
-    assert seen == [None]
+def test_empty_path_loads_the_default_model():
+    from audioembed import registry
+
+    default = hear.load_model("")
+    entry = registry.get(registry.DEFAULT_MODEL)
+    assert default.net.info["source"] == f"registry:{entry.name}"
+    assert default.net.info["sha256"] == entry.sha256  # the bundled weights, checked on load
+    assert default.scene_embedding_size == default.net.config.embedding_dim == 128
 
 
 def test_scene_embeddings(model):

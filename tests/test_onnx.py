@@ -88,7 +88,7 @@ def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, make_wav, tmp_path
 def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, tmp_path):
     clips = [make_wav(f"e{i}.wav", seconds=s, seed=i) for i, s in enumerate([0.7, 2.5, 4.1])]
     ref = tmp_path / "torch.npz"
-    assert cli("extract", *clips, "-o", ref, "--model", tiny_model_dir, "-q").exit_code == 0
+    assert cli("extract", *clips, "-o", ref, "--model", tiny_model_dir, "--windows", "-q").exit_code == 0
     for model in (exported, tiny_model_dir):
         out = tmp_path / f"onnx-{len(str(model))}.npz"
         res = cli("extract", *clips, "-o", out, "--model", model, "--backend", "onnx", "--windows", "-q")
@@ -97,6 +97,9 @@ def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, t
             assert list(got["names"]) == list(want["names"])
             assert got["embeddings"].shape == want["embeddings"].shape
             assert got["window_embeddings"].shape[0] == got["offsets"][-1]
+            np.testing.assert_array_equal(got["offsets"], want["offsets"])
+            np.testing.assert_array_equal(got["timestamps"], want["timestamps"])
+            assert np.abs(got["window_embeddings"] - want["window_embeddings"]).max() <= TOL
             assert np.abs(got["embeddings"] - want["embeddings"]).max() <= TOL
     res = cli("extract", clips[0], "-o", tmp_path / "x.npy", "--model", exported)
     assert res.exit_code == 2 and "--backend onnx" in res.output

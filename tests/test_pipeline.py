@@ -1,6 +1,7 @@
 """Feature worker threads: the same chunks, batches and results whatever their number."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -102,14 +103,39 @@ def test_a_worker_error_is_raised_in_order():
     assert got == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def _blocked_on_a_full_queue(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits inside ``_Channel.put`` with no room for its chunk.
+
+    Being inside the wait is not enough: a worker just notified by the consumer's last get
+    is still there until it runs. With no room, though, only another get can release it.
+    """
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        put = frame.f_back
+        if frame.f_code is threading.Condition.wait.__code__ and put is not None \
+                and put.f_code is pipeline._Channel.put.__code__:
+            channel, size = put.f_locals["self"], put.f_locals["size"]
+            return channel._held + size > channel._budget
+        frame = put
+    return False
+
+
 def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does():
     produced: list = []
     before = threading.active_count()
+    earlier = set(threading.enumerate())
     stream = pipeline.prefetch(100, _fake_chunks(produced), workers=2, ahead_windows=8)
-    next(stream)
-    time.sleep(0.5)
-    # Each worker holds at most 8 windows (2 chunks of 4) queued, plus one chunk being put.
-    assert len(produced) <= 1 + 2 * 3
+    assert next(stream).index == 0
+    workers = [t for t in threading.enumerate() if t not in earlier]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    while not all(_blocked_on_a_full_queue(t) for t in workers):
+        assert all(t.is_alive() for t in workers), f"workers ran to the end: {len(produced)} chunks"
+        assert time.monotonic() < deadline, f"workers still producing after 30 s: {len(produced)} chunks"
+        time.sleep(0.001)
+    # Production has stopped. Each worker holds 8 windows (2 chunks of 4) queued and has one
+    # more chunk in hand; worker 0 also made the chunk the consumer took.
+    assert sorted(produced) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
     stream.close()
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:

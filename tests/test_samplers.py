@@ -11,7 +11,7 @@ import pytest
 from audioembed import frontend
 from training.feature_cache import CacheWriter, FeatureCache
 from training.samplers import (ExampleMixing, ExplicitLabel, GaussianNoise, Joint, TemporalProximity,
-                               Translation, batch_rng, make_sampler, mix, negative_candidates,
+                               Translation, Triplet, batch_rng, make_sampler, mix, negative_candidates,
                                sample_batch, translate)
 
 T, F = frontend.WINDOW_FRAMES, frontend.N_MELS
@@ -179,3 +179,30 @@ def test_negative_candidates_exclude_the_anchor_recording_and_shared_labels(cach
             if t.sampler == "explicit_label":
                 labs = other.positive_labels if col < 2 * b else other.negative_labels
                 assert labs is not None and not (labs & t.anchor_labels)
+
+
+def _hand_triplet(sampler, minable, a_rec, p_rec, n_rec, a_lab=None, p_lab=None, n_lab=None):
+    w = np.zeros((T, F), np.float32)
+    lab = lambda x: None if x is None else frozenset(x)  # noqa: E731
+    return Triplet(w, w, w, sampler, minable, frozenset(a_rec), frozenset(p_rec), frozenset(n_rec),
+                   lab(a_lab), lab(p_lab), lab(n_lab))
+
+
+def test_negative_candidates_of_a_hand_built_batch():
+    triplets = [
+        _hand_triplet("temporal_proximity", True, {0}, {0}, {1}),
+        _hand_triplet("gaussian_noise", True, {1}, {1}, {2}, {"cat"}, {"cat"}, {"dog", "bark"}),
+        _hand_triplet("example_mixing", False, {2}, {2, 0}, {0}),
+        _hand_triplet("explicit_label", True, {3}, {4}, {5}, {"dog"}, {"dog"}, {"cat"}),
+    ]
+    # Columns: anchors 0-3, positives 4-7, negatives 8-11.
+    #   row 0: not P2 (holds recording 0) nor N2 (recording 0); labels do not matter.
+    #   row 1: not N0 (recording 1).
+    #   row 2: mixing, own negative only.
+    #   row 3: explicit label: only windows with known labels disjoint from {dog}: P1 {cat}
+    #          (N1 {dog, bark} shares "dog"; the rest are unlabelled).
+    expected = np.array([[0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 0, 1],
+                         [0, 0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1],
+                         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                         [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]], dtype=bool)
+    np.testing.assert_array_equal(negative_candidates(triplets), expected)
