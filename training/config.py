@@ -284,15 +284,20 @@ def apply_override(d: dict, override: str) -> None:
     table[parts[-1]] = value
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; a missing or invalid file is a :class:`ConfigError` naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such {what}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+
+
 def load_config(path: str | os.PathLike, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
     """Read and validate a TOML configuration file, with ``--set`` style ``overrides``."""
     path = Path(path)
-    try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such config file") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    d = read_toml(path, "config file")
     for override in overrides:
         apply_override(d, override)
     return from_dict(d, base_dir=path.parent)

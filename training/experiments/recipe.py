@@ -43,10 +43,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib
+from training.config import ConfigError, read_toml
 
 KINDS = ("train", "evaluate", "scratch")
 ROLES = (None, "baseline", "topline")
@@ -187,11 +184,9 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read and validate an experiment recipe; relative paths resolve against its folder."""
     path = Path(path).resolve()
     try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RecipeError(f"{path}: no such experiment recipe") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: invalid TOML ({exc})") from exc
+        d = read_toml(path, "experiment recipe")
+    except ConfigError as exc:
+        raise RecipeError(str(exc)) from exc
     unknown = sorted(set(d) - {"experiment", "arms"})
     if unknown:
         raise RecipeError(f"{path}: unknown top-level tables {unknown}; expected [experiment] and [arms.NAME]")
