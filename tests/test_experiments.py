@@ -42,6 +42,7 @@ def write_recipe(tmp_path: Path, cache: Path, dataset: Path) -> Path:
                     '[runtime]\ndevice = "cpu"\nthreads = 1\nbf16 = false\n'
                     f'[dev]\ndataset = "{dataset}"\nevery = 2\nmax_windows = 2\n')
     recipe = tmp_path / "exp.toml"
+    (tmp_path / "card.md").write_text("# Card\n\n<!-- toy:start -->\n<!-- toy:end -->\n\nAfter.\n")
     recipe.write_text(f'''
 [experiment]
 title = "toy"
@@ -53,6 +54,7 @@ markdown = "results/toy.md"
 datasets = ["{dataset}"]
 eval_cache = "eval_cache"
 set = ["train.lr=1e-3"]
+card = "card.md"
 evaluation = {{epochs = 3, light_steps = 10, light_per_class = 2, light_trials = 2}}
 
 [arms.logmel]
@@ -105,6 +107,9 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
 
     md = (tmp / "results/toy.md").read_text()
     assert md == tables.render(exp)
+    card = (tmp / "card.md").read_text()
+    assert "| Noise | 16 |" in card and card.endswith("<!-- toy:end -->\n\nAfter.\n")
+    assert "![dev_qbe](figures/dev_qbe.png)" in card
     rows = [line for line in md.splitlines() if line.startswith("| Log-mel |") or line.startswith("| Noise |")]
     # Table 2 (both rows), Table 1 (noise), Table 3 (log-mel), with the measured numbers in them.
     assert len(rows) == 4
@@ -138,16 +143,17 @@ def test_rerun_skips_finished_arms_and_check_passes(finished):
     assert result.exit_code == 0, result.output
 
 
-def test_check_fails_on_a_stale_table(finished, tmp_path):
+def test_check_fails_on_a_stale_table_or_card(finished, tmp_path):
     _, recipe = finished
     exp = load_experiment(recipe)
-    original = exp.markdown.read_text()
-    try:
-        exp.markdown.write_text(original.replace("| Noise |", "| Noise (edited) |", 1))
-        result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
-        assert result.exit_code == 1 and "stale" in result.output
-    finally:
-        exp.markdown.write_text(original)
+    for path in (exp.markdown, exp.card):
+        original = path.read_text()
+        try:
+            path.write_text(original.replace("| Noise |", "| Noise (edited) |", 1))
+            result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
+            assert result.exit_code == 1 and "stale" in result.output
+        finally:
+            path.write_text(original)
 
 
 def test_section_override_replaces_the_whole_table(tmp_path):

@@ -45,7 +45,7 @@ def experiment(recipe, only, report_only, check, no_figures):
             run_experiment(exp, names, log=_log)
         except ExperimentError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {tables.write(exp)}")
+    # Figures first: the card's block links the figures that exist.
     if not no_figures:
         from training.experiments.figures import FiguresUnavailable, draw_all
 
@@ -54,3 +54,5 @@ def experiment(recipe, only, report_only, check, no_figures):
                 click.echo(f"wrote {path}")
         except FiguresUnavailable as exc:
             _log(f"warning: no figures: {exc}")
+    for path in tables.write(exp):
+        click.echo(f"wrote {path}")

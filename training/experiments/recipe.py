@@ -15,6 +15,7 @@ Example (``training/recipes/debian/paper_tables.toml`` is the real one)::
     eval_cache = "~/.cache/audioembed/eval"  # window embeddings (evaluate --cache-dir)
     # evaluation = {epochs = 50}   # EvalSettings fields other than the evaluator's defaults
     map = {dataset = "debian-sfx", models = ["logmel", "triplet-resnet50-joint"]}  # 2-D map figure
+    card = "../../../MODEL_CARD.md"  # its <!-- paper_tables:start/end --> block gets the tables
     set = ["dev.every=100"]        # --set overrides for every training arm
 
     [arms.joint]                   # arms run in file order
@@ -50,7 +51,7 @@ ROLES = (None, "baseline", "topline")
 TABLES = ("1", "2", "3")
 PAPER_KEYS = ("qbe", "clf1", "clf2", "light")
 _EXPERIMENT_KEYS = {"base", "triplets", "runs", "results", "markdown", "figures", "datasets", "nproc",
-                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation", "map"}
+                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation", "map", "card"}
 _ARM_KEYS = {"kind", "label", "tables", "role", "set", "train_on", "model", "sweep", "note", "paper",
              "extra_light_layers", "scratch"}
 
@@ -99,6 +100,7 @@ class Experiment:
     eval_cache: Path
     evaluation: dict  # EvalSettings fields that differ from the evaluator's defaults
     map: dict | None  # {dataset, models}: the 2-D map figure, or None
+    card: Path | None  # a Markdown file holding a <!-- TITLE:start/end --> block of the tables
     seed: int
     title: str
     arms: tuple[Arm, ...]
@@ -219,5 +221,6 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         overrides=_strings("[experiment] set", e.get("set", [])),
         eval_threads=int(e.get("eval_threads", 1)),
         eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here),
-        evaluation=_evaluation(e.get("evaluation", {})), map=_map(e.get("map")), seed=int(e.get("seed", 0)),
+        evaluation=_evaluation(e.get("evaluation", {})), map=_map(e.get("map")),
+        card=_path(e["card"], here) if "card" in e else None, seed=int(e.get("seed", 0)),
         title=str(e.get("title", path.stem)), arms=arms)
