@@ -34,6 +34,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from audioembed.errors import InvalidArgumentError
+
 SAMPLE_RATE = 16_000
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
@@ -117,11 +119,10 @@ def mel_filterbank() -> torch.Tensor:
 def single_threaded() -> Iterator[None]:
     """Run the CPU tensor ops inside on one intra-op thread; the caller's setting comes back after.
 
-    The frontend's ops are small and memory-bound. On an idle 2-core machine a second thread
-    saves about 2 ms per minute of audio; on a shared one, every multi-threaded op waits at its
-    OpenMP barrier for a descheduled thread, measured at 30-50 ms per op (pad, STFT, power,
-    matmul, log: ~200 ms per minute of audio) against under 1 ms single-threaded. The network's
-    large convolutions do gain from the threads, so only the frontend runs inside this.
+    The frontend's ops are small and memory-bound: a second thread saves little, and on a
+    shared machine every multi-threaded op waits at its OpenMP barrier for a descheduled thread
+    (the README has the figures). The network's large convolutions do gain from the threads,
+    so only the frontend runs inside this.
     """
     n = torch.get_num_threads()
     if n == 1:
@@ -183,10 +184,10 @@ def hop_frames(hop_seconds: float = DEFAULT_HOP_SECONDS) -> int:
     # subclass but never a meaningful hop.
     if (isinstance(hop_seconds, bool) or not isinstance(hop_seconds, numbers.Real)
             or not math.isfinite(hop_seconds)):
-        raise ValueError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
+        raise InvalidArgumentError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
     hop = round(float(hop_seconds) * FRAMES_PER_SECOND)
     if hop < 1:
-        raise ValueError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
+        raise InvalidArgumentError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
     return hop
 
 
@@ -197,7 +198,7 @@ def window_starts(n_frames: int, hop: int) -> list[int]:
     at least ``MIN_TRAILING_FRAMES`` frames.
     """
     if hop < 1:
-        raise ValueError(f"window hop must be at least one frame, got {hop}")
+        raise InvalidArgumentError(f"window hop must be at least one frame, got {hop}")
     if n_frames <= WINDOW_FRAMES:
         return [0]
     full = (n_frames - WINDOW_FRAMES) // hop + 1
@@ -237,7 +238,7 @@ def frame_windows(frames: torch.Tensor, hop: int, pad_value: float = 0.0) -> tup
     The windows start at :func:`window_starts`; ``pad_value`` as for :func:`gather_windows`.
     """
     if frames.dim() != 2 or frames.shape[1] != N_MELS:
-        raise ValueError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
+        raise InvalidArgumentError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
     starts = window_starts(frames.shape[0], hop)
     return gather_windows(frames, starts, pad_value), starts
 
@@ -246,7 +247,7 @@ def log_mel_windows(waveform: torch.Tensor, hop_seconds: float = DEFAULT_HOP_SEC
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input for a 16 kHz mono waveform: ``(windows (n, 96, 64), timestamps (n,))``."""
     if waveform.dim() != 1:
-        raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(waveform.shape)}")
+        raise InvalidArgumentError(f"expected a mono 1-D waveform, got shape {tuple(waveform.shape)}")
     hop = hop_frames(hop_seconds)
     with single_threaded() if waveform.device.type == "cpu" else nullcontext():
         energies = mel_energies(waveform)

@@ -1,7 +1,7 @@
 """Window embeddings of a dataset, from a model or the log-mel baseline, cached as ``.npz``.
 
 ``logmel`` is the paper's baseline: each 96x64 log-mel window flattened to 6144 dimensions.
-Any other model name goes to ``audioembed.api.resolve_model`` (registry name, folder,
+Any other model name goes to ``audioembed.loading.cached_model`` (registry name, folder,
 ``hf-hub:...``); windows of consecutive files share forward batches (``iter_embeddings``).
 
 The cache key is the model's weights (sha256, or ``logmel`` plus the frontend config), the
@@ -23,8 +23,8 @@ import numpy as np
 
 from audioembed import frontend
 from audioembed.outputs import atomic_write
-from audioembed.api import (DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features,
-                            resolve_model)
+from audioembed.api import DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features
+from audioembed.loading import cached_model
 
 from training.evaluation.datasets import LabeledDataset
 
@@ -69,7 +69,7 @@ def model_descriptor(model: str, device: str | None = None) -> tuple[dict, objec
     if model == LOGMEL:
         return {"name": LOGMEL, "sha256": None, "source": "log-mel baseline (paper 4.3)",
                 "dim": frontend.WINDOW_FRAMES * frontend.N_MELS}, None
-    net = resolve_model(model, device)
+    net = cached_model(model, device)
     info = getattr(net, "info", {}) or {}
     return {"name": model, "sha256": info.get("sha256"), "source": info.get("source", model),
             "dim": int(net.config.embedding_dim)}, net
