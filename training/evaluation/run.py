@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -12,43 +12,15 @@ import torch
 
 from audioembed import __version__ as audioembed_version
 from audioembed import frontend
+from audioembed.errors import AudioembedError
 from training.evaluation import classifiers as clf
 from training.evaluation.datasets import DatasetError, LabeledDataset, load_dataset
 from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, extract
 from training.evaluation.metrics import qbe_map, segment_means
+from training.evaluation.settings import EvalSettings
 
 RESULTS_SCHEMA = "audioembed-eval/1"
 LAYERS = (1, 2)
-
-
-@dataclass
-class EvalSettings:
-    seed: int = 0
-    qbe_max_per_class: int = 100
-    qbe_draws: int = 5
-    classifiers: bool = True
-    epochs: int = 50
-    # 3 stopped some folds at a validation-loss dip in epoch 1-2 (debian-sfx, first release:
-    # 2-layer fold mAP 0.084 at patience 3, 0.235 at 10, with a later, lower minimum).
-    patience: int = 10
-    val_fraction: float = 0.1
-    batch_size: int = 256
-    lr: float = 1e-3
-    light_per_class: int = 20
-    light_trials: int = 3
-    light_steps: int = 300
-    light_batch_size: int = 32
-    max_windows: int = 10
-
-    def mlp(self, layers: int) -> clf.MLPConfig:
-        return clf.MLPConfig(hidden_layers=layers, epochs=self.epochs, batch_size=self.batch_size,
-                             lr=self.lr, val_fraction=self.val_fraction, patience=self.patience,
-                             max_windows=self.max_windows, seed=self.seed)
-
-    def light_mlp(self, layers: int) -> clf.MLPConfig:
-        return clf.MLPConfig(hidden_layers=layers, steps=self.light_steps,
-                             batch_size=self.light_batch_size, lr=self.lr, val_fraction=0.0,
-                             max_windows=self.max_windows, seed=self.seed)
 
 
 def _stderr(msg: str) -> None:
@@ -107,7 +79,7 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
     return results
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AudioembedError, ValueError):
     """An evaluation that cannot run: the dataset, the model or the protocol; the message says which."""
 
 
