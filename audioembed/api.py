@@ -77,7 +77,7 @@ def item_name(item, index: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
 
 
-def iter_features(items: Iterable, sr: int | None, hop: float, workers: int = 0
+def iter_features(items: Iterable, sr: int | None, hop_seconds: float, workers: int = 0
                   ) -> Iterator[FeatureChunk]:
     """The log-mel windows of each input, as :class:`FeatureChunk` s in input order.
 
@@ -85,7 +85,7 @@ def iter_features(items: Iterable, sr: int | None, hop: float, workers: int = 0
     a bad input gives a chunk holding its AudioError and the others go on. ``workers`` threads
     compute them ahead of the caller (``audioembed.pipeline``); the chunks are the same.
     """
-    hop_frames = frontend.hop_frames(hop)
+    hop_frames = frontend.hop_frames(hop_seconds)
     items = list(items)
 
     def chunks_of(i: int) -> Iterator[FeatureChunk]:

@@ -75,10 +75,10 @@ def _check_finite(emb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
     return emb
 
 
-def _log_mel_windows(audio: torch.Tensor, hop: int) -> tuple[torch.Tensor, list[int]]:
+def _log_mel_windows(audio: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, list[int]]:
     """``(n_sounds, n_windows, WINDOW_FRAMES, N_MELS)`` log-mel windows of equal-length sounds."""
     energies = frontend.mel_energies(audio)  # (n_sounds, frames, N_MELS)
-    starts = frontend.window_starts(energies.shape[1], hop)
+    starts = frontend.window_starts(energies.shape[1], hop_frames)
     return frontend.log_mel(frontend.gather_windows(energies, starts)), starts
 
 

@@ -66,7 +66,7 @@ def _size(chunk: FeatureChunk) -> int:
     return 0 if chunk.windows is None else int(chunk.windows.shape[0])
 
 
-def prefetch(n_items: int, chunks_of: Callable[[int], Iterator[FeatureChunk]], workers: int,
+def worker_chunks(n_items: int, chunks_of: Callable[[int], Iterator[FeatureChunk]], workers: int,
              ahead_windows: int = DEFAULT_AHEAD_WINDOWS) -> Iterator[FeatureChunk]:
     """``chunks_of(0)``, ``chunks_of(1)``, ... computed by ``workers`` threads, yielded in order.
 
@@ -114,4 +114,4 @@ def ordered_chunks(items: Sequence, chunks_of: Callable[[int], Iterator[FeatureC
         for i in range(len(items)):
             yield from chunks_of(i)
         return
-    yield from prefetch(len(items), chunks_of, min(workers, len(items)))
+    yield from worker_chunks(len(items), chunks_of, min(workers, len(items)))

@@ -57,15 +57,15 @@ class FrameStream:
     def _emit(self, stop: int, final: bool) -> torch.Tensor:
         if stop <= self._next:
             return torch.zeros(0, frontend.N_MELS)
-        hop = frontend.HOP_LENGTH
+        step = frontend.HOP_LENGTH
         # The buffer starts at sample first*HOP, a frame centre, and at least CONTEXT frames
         # before the next frame (or at the signal's start, where the STFT pads zeros as the
         # whole-signal one does). Frames of the buffer's STFT from there on read real samples.
-        end = self._buf.shape[0] if final else (stop - 1 - self._first) * hop + frontend.N_FFT // 2
+        end = self._buf.shape[0] if final else (stop - 1 - self._first) * step + frontend.N_FFT // 2
         mel = frontend.mel_energies(self._buf[:end])[self._next - self._first:stop - self._first]
         self._next = stop
         first = max(0, stop - self.CONTEXT)
-        self._buf = self._buf[(first - self._first) * hop:]
+        self._buf = self._buf[(first - self._first) * step:]
         self._first = first
         return mel
 
@@ -73,8 +73,8 @@ class FrameStream:
 class WindowStream:
     """Mel energies in, log-mel windows ``(n, WINDOW_FRAMES, N_MELS)`` and start frames out."""
 
-    def __init__(self, hop: int):
-        self.hop = hop
+    def __init__(self, hop_frames: int):
+        self.hop_frames = hop_frames
         self._frames = torch.zeros(0, frontend.N_MELS)
         self._first = 0  # frame index of self._frames[0]
         self._k = 0  # next window
@@ -84,12 +84,12 @@ class WindowStream:
         self._frames = torch.cat([self._frames, energies])
         self._n += energies.shape[0]
         # A window whose frames all exist is in window_starts() whatever the final length.
-        full = (self._n - frontend.WINDOW_FRAMES) // self.hop + 1 if self._n >= frontend.WINDOW_FRAMES else 0
-        return self._cut(list(range(self._k * self.hop, full * self.hop, self.hop)))
+        full = (self._n - frontend.WINDOW_FRAMES) // self.hop_frames + 1 if self._n >= frontend.WINDOW_FRAMES else 0
+        return self._cut(list(range(self._k * self.hop_frames, full * self.hop_frames, self.hop_frames)))
 
     def finish(self) -> tuple[torch.Tensor, list[int]]:
         """The windows left by ``frontend.window_starts`` for the final frame count, padded."""
-        return self._cut([s for s in frontend.window_starts(self._n, self.hop) if s >= self._k * self.hop])
+        return self._cut([s for s in frontend.window_starts(self._n, self.hop_frames) if s >= self._k * self.hop_frames])
 
     def _cut(self, starts: list[int]) -> tuple[torch.Tensor, list[int]]:
         if not starts:
@@ -98,17 +98,17 @@ class WindowStream:
         windows = frontend.log_mel(frontend.gather_windows(
             self._frames, [s - self._first for s in starts], pad_value=0.0))
         self._k += len(starts)
-        first = min(self._k * self.hop, self._n)
+        first = min(self._k * self.hop_frames, self._n)
         self._frames = self._frames[first - self._first:]
         self._first = first
         return windows, starts
 
 
 class LogMelStream:
-    """Mono blocks at ``sr`` Hz in, log-mel windows and their start frames out (``hop`` frames)."""
+    """Mono blocks at ``sr`` Hz in, log-mel windows and their start frames out (``hop_frames`` apart)."""
 
-    def __init__(self, sr: int, hop: int):
-        self._resampler, self._frames, self._windows = make_resampler(sr), FrameStream(), WindowStream(hop)
+    def __init__(self, sr: int, hop_frames: int):
+        self._resampler, self._frames, self._windows = make_resampler(sr), FrameStream(), WindowStream(hop_frames)
 
     def push(self, block: np.ndarray) -> tuple[torch.Tensor, list[int]]:
         # Per call, not around a generator's yields: the caller's thread runs the network
@@ -149,8 +149,8 @@ class FeatureChunk:
     warnings: list[str] | None = None
 
 
-def input_chunks(index: int, item, sr: int | None, hop: int, name: str) -> Iterator[FeatureChunk]:
-    """The :class:`FeatureChunk` s of one input (path, array or tensor), ``hop`` in frames.
+def input_chunks(index: int, item, sr: int | None, hop_frames: int, name: str) -> Iterator[FeatureChunk]:
+    """The :class:`FeatureChunk` s of one input (path, array or tensor), windows ``hop_frames`` apart.
 
     The input is read ``BLOCK_SECONDS`` at a time; the chunks hold the windows each block
     completes. Together they equal ``frontend.log_mel_windows(load_waveform(item, sr), ...)``.
@@ -162,7 +162,7 @@ def input_chunks(index: int, item, sr: int | None, hop: int, name: str) -> Itera
     pending = 0.0  # seconds read since the last chunk handed on
     try:
         with AudioSource(item, sr, name) as src:
-            stream = LogMelStream(src.rate, hop)
+            stream = LogMelStream(src.rate, hop_frames)
             for block in src.blocks(BLOCK_SECONDS * src.rate):
                 checker.update(block)
                 pending += block.size / src.rate

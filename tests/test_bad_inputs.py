@@ -599,7 +599,7 @@ def test_a_huge_batch_size_does_not_queue_a_long_file(tiny_model_dir):
         return api.embed_windows(net, windows)
 
     x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 60)).astype(np.float32)
-    features = api.iter_features([x], 16000, hop=0.24)  # 248 windows of 0.96 s, hop 0.24 s
+    features = api.iter_features([x], 16000, hop_seconds=0.24)  # 248 windows of 0.96 s, hop 0.24 s
     monkey_cap = api.MAX_QUEUED_WINDOWS
     try:
         api.MAX_QUEUED_WINDOWS = 100

@@ -88,7 +88,7 @@ class StepBatches(torch.utils.data.Dataset):
                 "recordings": torch.from_numpy(b.recordings), "pool_ok": torch.from_numpy(b.pool_ok)}
 
 
-def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so sampling the next
     batch overlaps the model's step (numpy and torch release the GIL in their kernels)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -126,13 +126,13 @@ def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
 
 
 def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin: bool) -> Iterator[dict]:
-    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a prefetch thread."""
+    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread."""
     if workers > 0:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop),
                                              num_workers=workers, pin_memory=pin, prefetch_factor=4,
                                              persistent_workers=False)
         return iter(loader)
-    return prefetch((dataset[s] for s in range(start, stop)), depth=2)
+    return read_ahead((dataset[s] for s in range(start, stop)), depth=2)
 
 
 def param_checksum(model: torch.nn.Module) -> str:

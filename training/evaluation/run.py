@@ -15,7 +15,7 @@ from audioembed import frontend
 from audioembed.errors import AudioembedError
 from training.evaluation import classifiers as clf
 from training.evaluation.datasets import DatasetError, LabeledDataset, load_dataset
-from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, extract
+from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, embed_dataset
 from training.evaluation.metrics import qbe_map, segment_means
 from training.evaluation.settings import EvalSettings
 
@@ -96,7 +96,7 @@ def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettin
         raise EvaluationError(str(exc)) from exc
     log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
     try:
-        we = extract(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
+        we = embed_dataset(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
     except (ValueError, RuntimeError, OSError) as exc:
         raise EvaluationError(f"cannot embed {ds.name} with {model}: {exc}") from exc
     t_embed = time.perf_counter() - t0
@@ -115,7 +115,7 @@ def classifier_data(model: str, dataset: str, settings: EvalSettings = EvalSetti
     exactly as :func:`evaluate_model` builds them: for protocols beyond the standard ones (e.g.
     light supervision with other classifier sizes)."""
     ds = load_dataset(dataset, data_root)
-    we = extract(ds, model, cache_dir=cache_dir, log=log)
+    we = embed_dataset(ds, model, cache_dir=cache_dir, log=log)
     return _window_data(ds.subset(we.kept), we, settings.seed)
 
 
