@@ -109,19 +109,22 @@ def collect_features(chunks: Iterable[FeatureChunk]) -> Iterator[tuple[int, str,
                                                 np.concatenate([c.timestamps for c in got]))
 
 
-def embed_windows(model, windows: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def embed_windows(model, windows: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
+                  device: str | torch.device | None = None) -> np.ndarray:
     """Log-mel windows ``(n, WINDOW_FRAMES, N_MELS)`` through the network: ``(n, D)`` float32.
 
     ``model``: an AudioResNet (run in inference mode on its own device; the caller sets eval
     mode, as :func:`audioembed.loading.cached_model` does), or any callable from windows to
-    embeddings (``onnx_backend.OnnxModel``). ``batch_size`` windows go through at a time.
+    embeddings (``onnx_backend.OnnxModel``). ``batch_size`` windows go through at a time, on
+    ``device`` (default: where the model's parameters are, else the CPU).
     """
     if windows.shape[0] > batch_size:
-        return np.concatenate([embed_windows(model, windows[i:i + batch_size], batch_size)
+        return np.concatenate([embed_windows(model, windows[i:i + batch_size], batch_size, device)
                                for i in range(0, windows.shape[0], batch_size)])
     if not isinstance(model, torch.nn.Module):  # e.g. onnx_backend.OnnxModel
         return model(windows)
-    device = next(model.parameters()).device
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = windows.unsqueeze(1).to(device, torch.float32, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

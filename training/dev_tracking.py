@@ -102,7 +102,7 @@ class DevQbE:
         model.eval()
         try:
             with autocast or nullcontext():
-                return embed_windows(model, self.windows, self.batch_size)
+                return embed_windows(model, self.windows, self.batch_size, device)
         finally:
             model.train(was_training)
 
