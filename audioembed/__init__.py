@@ -5,7 +5,7 @@
 
 Importing this package downloads nothing; only ``hf-hub:`` model names reach the network.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the release of the bundled weights (MODEL_CARD.md)
 
 import importlib
 
@@ -13,7 +13,7 @@ import importlib
 # ``import audioembed.cli`` for ``audioembed --help`` does not import torch (seconds, ~600 MB).
 _EXPORTS = {
     "Embeddings": "api", "embed": "api",
-    "AudioError": "audio_io", "SilentAudioWarning": "audio_io", "TruncatedAudioWarning": "audio_io",
+    "AudioembedError": "errors", "AudioError": "audio_io", "SilentAudioWarning": "audio_io", "TruncatedAudioWarning": "audio_io",
     "ModelNotAvailableError": "loading", "load_model": "loading",
     "AudioResNet": "model", "ModelConfig": "model",
     "ModelFormatError": "model_folder", "save_model_folder": "model_folder",

@@ -12,6 +12,8 @@ import torch
 
 from audioembed import frontend
 from audioembed.audio_io import AudioError, SilentAudioWarning, TruncatedAudioWarning, silence_message
+from audioembed.backends import resolve_backend
+from audioembed.errors import InvalidArgumentError
 from audioembed.model import AudioResNet
 from audioembed.pipeline import ordered_chunks
 from audioembed.streaming import FeatureChunk, input_chunks
@@ -22,7 +24,6 @@ DEFAULT_BATCH_SIZE = 64
 # on a 30-minute file (1875 windows) took 3.3 GB; 256 keep it under ~0.5 GB. Batches are split
 # at this size; results do not depend on the batch size.
 MAX_QUEUED_WINDOWS = 256
-_MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
 
 
 class Embeddings(NamedTuple):
@@ -72,27 +73,11 @@ def segment_embedding(window_embeddings: np.ndarray) -> np.ndarray:
     return (mean / norm if norm > 0 else mean).astype(np.float32)
 
 
-def resolve_model(model: str | os.PathLike | AudioResNet | None, device: str | torch.device | None
-                  ) -> AudioResNet:
-    """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached."""
-    if isinstance(model, torch.nn.Module):
-        # Inference is deterministic only in eval mode: in training mode BatchNorm would use
-        # (and update) batch statistics, so results would depend on the batch (as encode() does).
-        model.eval()
-        return model.to(device) if device is not None else model
-    from audioembed.loading import load_model
-
-    key = (os.fspath(model) if model is not None else "", str(device or "cpu"))
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = load_model(model, device=device)
-    return _MODEL_CACHE[key]
-
-
 def item_name(item, index: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
 
 
-def iter_features(items: Iterable, sr: int | None, hop: float, workers: int = 0
+def iter_features(items: Iterable, sr: int | None, hop_seconds: float, workers: int = 0
                   ) -> Iterator[FeatureChunk]:
     """The log-mel windows of each input, as :class:`FeatureChunk` s in input order.
 
@@ -100,7 +85,7 @@ def iter_features(items: Iterable, sr: int | None, hop: float, workers: int = 0
     a bad input gives a chunk holding its AudioError and the others go on. ``workers`` threads
     compute them ahead of the caller (``audioembed.pipeline``); the chunks are the same.
     """
-    hop_frames = frontend.hop_frames(hop)
+    hop_frames = frontend.hop_frames(hop_seconds)
     items = list(items)
 
     def chunks_of(i: int) -> Iterator[FeatureChunk]:
@@ -124,29 +109,29 @@ def collect_features(chunks: Iterable[FeatureChunk]) -> Iterator[tuple[int, str,
                                                 np.concatenate([c.timestamps for c in got]))
 
 
-BACKENDS = ("torch", "onnx")
+def embed_windows(model, windows: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
+                  device: str | torch.device | None = None) -> np.ndarray:
+    """Log-mel windows ``(n, WINDOW_FRAMES, N_MELS)`` through the network: ``(n, D)`` float32.
 
-
-def resolve_backend(model, device, backend: str):
-    """The network ``iter_embeddings`` runs: a torch model, or (``"onnx"``) an onnxruntime one."""
-    if backend == "torch":
-        return resolve_model(model, device)
-    if backend == "onnx":
-        from audioembed.onnx_backend import onnx_model
-        return onnx_model(model, device)
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-
-
-def _forward(model, x: torch.Tensor) -> np.ndarray:
+    ``model``: an AudioResNet (run in inference mode on its own device; the caller sets eval
+    mode, as :func:`audioembed.loading.cached_model` does), or any callable from windows to
+    embeddings (``onnx_backend.OnnxModel``). ``batch_size`` windows go through at a time, on
+    ``device`` (default: where the model's parameters are, else the CPU).
+    """
+    if windows.shape[0] > batch_size:
+        return np.concatenate([embed_windows(model, windows[i:i + batch_size], batch_size, device)
+                               for i in range(0, windows.shape[0], batch_size)])
     if not isinstance(model, torch.nn.Module):  # e.g. onnx_backend.OnnxModel
-        return model(x)
-    device = next(model.parameters()).device
-    x = x.unsqueeze(1).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return model(windows)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = windows.unsqueeze(1).to(device, torch.float32, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = model(x).float().cpu()
     # Copied once the activations are freed: the network's own output tensor is allocated
     # while they still fill the heap, above them, and kept alive it pins the heap's top so
-    # the freed space cannot be reused: peak memory crept up by ~130 MB over an hour of audio.
+    # the freed space cannot be reused (peak memory crept up over an hour of audio).
     return out.numpy().copy()
 
 
@@ -155,14 +140,14 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
     """Embed the windows of many inputs in shared batches; yield each input's result in order.
 
     ``model``: an AudioResNet, or any callable from ``(B, 96, 64)`` windows to ``(B, D)``
-    embeddings (see :func:`resolve_backend`).
+    embeddings (see :func:`audioembed.backends.resolve_backend`).
 
     Batches are filled with windows as they come, from one input's chunks and then the next
     input's, so small files do not waste batch slots and a long file never waits whole in
     memory; results do not depend on ``batch_size`` (the model is in eval mode).
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     batch_size = min(batch_size, MAX_QUEUED_WINDOWS)
     order: deque[ItemResult] = deque()
     open_items: dict[int, ItemResult] = {}
@@ -182,7 +167,7 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
             else:
                 queue[0] = (res, win[k:])
             taken += k
-        out = _forward(model, torch.cat(chunks))
+        out = embed_windows(model, torch.cat(chunks), size)
         queued -= taken
         pos = 0
         for res, k in owners:
@@ -285,7 +270,7 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     single = _is_single(audio)
     items = [audio] if single else list(audio)
     if not items:
-        raise ValueError("embed() got an empty list of inputs")
+        raise InvalidArgumentError("embed() got an empty list of inputs")
     net = resolve_backend(model, device, backend)
     feats = iter_features(items, sr, hop, workers)
     results = iter_embeddings(feats, net, batch_size)

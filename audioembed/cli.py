@@ -13,6 +13,7 @@ import sys
 import click
 
 from audioembed import __version__
+from audioembed.errors import AudioembedError, MissingDependencyError
 
 # The defaults of the options, here as literals so that --help need not import torch;
 # tests/test_cli_extract.py checks them against frontend, api and extract.
@@ -122,7 +123,7 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
 
     try:
         part = shards.resolve_shard(shard)
-    except ValueError as exc:
+    except shards.ShardError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from exc
     previous = _handle_sigterm(_raise_interrupted)
     try:
@@ -131,7 +132,7 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
             overwrite=overwrite, progress=not quiet, shard=part, workers=workers,
             backend=backend, strict=strict, skip_existing=skip_existing)
-    except extract_mod.UsageError as exc:
+    except AudioembedError as exc:  # an impossible output or option, a model that cannot load
         raise click.UsageError(printable(str(exc))) from exc
     except KeyboardInterrupt as exc:
         _report_interrupt(exc)
@@ -244,11 +245,11 @@ def export_onnx(output, model, overwrite):
         raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
     try:
         net = extract_mod.load_model_for_cli(model, None)
-    except extract_mod.UsageError as exc:
+    except AudioembedError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
         diff = onnx_backend.export_and_check(net, output)
-    except ImportError as exc:
+    except MissingDependencyError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     check = ("not checked (onnxruntime is not installed)" if diff is None
@@ -263,16 +264,19 @@ def model_info(model: str | None) -> tuple[dict, str | None]:
         extract.UsageError: ``model`` names no registered model, folder or Hub repository.
     """
     from audioembed import extract as extract_mod, frontend, registry
-    from audioembed.loading import HF_PREFIX, load_model
-    from audioembed.model_folder import release_provenance
+    from audioembed.loading import ONNX, load_model, parse_model_spec
+    from audioembed.model_folder import ModelFormatError, release_provenance
 
     name = model or registry.DEFAULT_MODEL
-    entry = registry.get(name)
-    if entry is None and not name.startswith(HF_PREFIX) and not os.path.isdir(name):
-        raise extract_mod.UsageError(
-            f"--model {name!r} is neither a registered model ({', '.join(registry.list_models())}), "
-            "a model folder, nor hf-hub:org/repo[@revision]")
+    try:
+        spec = parse_model_spec(name)
+    except ModelFormatError as exc:
+        raise extract_mod.UsageError(f"--model {exc}") from exc
+    if spec.kind == ONNX:
+        raise extract_mod.UsageError(f"--model {name!r}: an ONNX file; info describes registered "
+                                     "models, model folders and hf-hub:org/repo[@revision]")
     info: dict = {"model": name}
+    entry = spec.entry
     if entry is not None:
         info["registry"] = {"source": entry.source, "sha256": entry.sha256, "license": entry.license,
                             "paper": entry.paper, "description": entry.description}
@@ -310,11 +314,9 @@ def info(model):
     its weights are missing or cannot be loaded (everything else is still printed, and the
     reason goes to stderr); 2 --model names nothing known.
     """
-    from audioembed.extract import UsageError
-
     try:
         payload, problem = model_info(model)
-    except UsageError as exc:
+    except AudioembedError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(json.dumps(payload, indent=2, default=str))
     if problem is not None:

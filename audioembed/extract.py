@@ -22,14 +22,17 @@ from pathlib import Path, PurePath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
-from safetensors import SafetensorError
 
 from audioembed import api, frontend
-from audioembed.audio_io import (AUDIO_EXTENSIONS, STDIN_PATHS, AudioError, check_regular_file,
-                                 file_kind, silence_message)
-from audioembed.outputs import (archive_arrays, atomic_write, remove_stale_temp_files,  # noqa: F401 (atomic_write: API)
-                                save_archive, save_npy, temp_name)
+from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
+                                 is_audio_name, silence_message)
+from audioembed.backends import BACKENDS, resolve_backend
+from audioembed.errors import AudioembedError, MissingDependencyError
+from audioembed.loading import ONNX, parse_model_spec
+from audioembed.outputs import archive_arrays, remove_stale_temp_files, save_archive, save_npy, temp_name
+from audioembed.registry import DEFAULT_MODEL
 from audioembed.shards import Shard
 
 FORMATS = ("npy", "npz")
@@ -40,7 +43,7 @@ NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, XFS, A
 PROGRESS_INTERVAL = 30.0
 
 
-class UsageError(ValueError):
+class UsageError(AudioembedError, ValueError):
     """The command line asks for something impossible; nothing has been written."""
 
 
@@ -78,14 +81,6 @@ class Source:
     rel: PurePath
 
 
-def is_audio_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower().lstrip(".") in AUDIO_EXTENSIONS
-
-
-def _extension(name: str) -> str:
-    return os.path.splitext(name)[1].lower() or "(no extension)"
-
-
 def _scan_folder(root: Path, recursive: bool, failures: list[str], skipped: Counter) -> list[Source]:
     """Audio files below ``root``; other visible files are counted in ``skipped`` by extension,
     and audio-named entries that are not regular files (a FIFO would block) fail."""
@@ -93,25 +88,16 @@ def _scan_folder(root: Path, recursive: bool, failures: list[str], skipped: Coun
         failures.append(f"{err.filename}: cannot list folder ({err.strerror or err})")
 
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=listing_failed):
-        # Hidden entries are skipped: macOS "._x.wav" resource forks are not audio.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        for f in filenames:
-            if f.startswith("."):
-                continue
-            if not is_audio_name(f):
-                skipped[_extension(f)] += 1
-                continue
-            path = Path(dirpath) / f
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:
-                mode = None  # broken link or loop: reading it says which
-            if mode is not None and not stat.S_ISREG(mode):
-                failures.append(f"{path}: is {file_kind(mode)}, not a regular file; skipped")
-                continue
-            found.append(Source(path, path.relative_to(root)))
-    return sorted(found, key=lambda s: s.rel.as_posix())
+    for path in audio_files(root, recursive, skipped=skipped, on_error=listing_failed):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None  # broken link or loop: reading it says which
+        if mode is not None and not stat.S_ISREG(mode):
+            failures.append(f"{path}: is {file_kind(mode)}, not a regular file; skipped")
+            continue
+        found.append(Source(path, path.relative_to(root)))
+    return found
 
 
 def skipped_note(skipped: Counter) -> str | None:
@@ -247,32 +233,33 @@ def _check_options(hop: float, batch_size: int, device: str | None, workers: int
         raise UsageError(f"--device {device}: MPS is not available on this machine")
 
 
-# What loading a model raises for a missing, corrupt or unreachable model (ModelNotAvailableError
-# is a RuntimeError, ModelFormatError a ValueError, Hub and file errors OSErrors).
-MODEL_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+# What loading a model raises for a missing, corrupt or unreachable model: ModelFormatError,
+# ModelNotAvailableError and the option errors, all AudioembedErrors. Anything else is a bug.
+MODEL_LOAD_ERRORS = (AudioembedError,)
 
 
 def default_workers(device: str | None, backend: str = "torch") -> int:
     """Feature threads when none are asked for: one, except for a CPU network on a machine
-    with two cores or fewer, where the thread only competes with the network's own. (On the
-    2-core development machines, ``benchmarks/bench_scale.py`` measured 0.909 of model-only
-    throughput without it and 0.885 with it.)"""
+    with two cores or fewer, where the thread only competes with the network's own
+    (``benchmarks/bench_scale.py``; the README has the figures)."""
     on_cpu = backend == "onnx" or device is None or torch.device(device).type == "cpu"
     return 0 if on_cpu and (os.cpu_count() or 1) <= 2 else 1
 
 
 def load_model_for_cli(model, device: str | None, backend: str = "torch"):
     """``model`` loaded for ``backend``, or a UsageError naming ``--model`` and why it cannot be."""
-    if backend not in api.BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(api.BACKENDS)}, got {backend!r}")
-    if backend == "torch" and model is not None and os.fspath(model).endswith(".onnx"):
-        raise UsageError(f"--model {model}: an ONNX file runs with --backend onnx")
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     try:
-        return api.resolve_backend(model, device, backend)
-    except ImportError as exc:
+        spec = parse_model_spec(model)
+        if backend == "torch" and spec.kind == ONNX:
+            raise UsageError(f"--model {model}: an ONNX file runs with --backend onnx")
+        return resolve_backend(model, device, backend)
+    except UsageError:
+        raise
+    except MissingDependencyError as exc:
         raise UsageError(str(exc)) from exc
     except MODEL_LOAD_ERRORS as exc:
-        from audioembed.registry import DEFAULT_MODEL
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
 
 
@@ -346,8 +333,6 @@ class Progress:
 
 def audio_seconds(path: Path) -> float:
     """The duration a file's header declares, or 0 when it cannot be read (or is a stream)."""
-    import soundfile as sf
-
     if os.fspath(path) in STDIN_PATHS:
         return 0.0
     try:

@@ -34,6 +34,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from audioembed.errors import InvalidArgumentError
+
 SAMPLE_RATE = 16_000
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
@@ -117,11 +119,10 @@ def mel_filterbank() -> torch.Tensor:
 def single_threaded() -> Iterator[None]:
     """Run the CPU tensor ops inside on one intra-op thread; the caller's setting comes back after.
 
-    The frontend's ops are small and memory-bound. On an idle 2-core machine a second thread
-    saves about 2 ms per minute of audio; on a shared one, every multi-threaded op waits at its
-    OpenMP barrier for a descheduled thread, measured at 30-50 ms per op (pad, STFT, power,
-    matmul, log: ~200 ms per minute of audio) against under 1 ms single-threaded. The network's
-    large convolutions do gain from the threads, so only the frontend runs inside this.
+    The frontend's ops are small and memory-bound: a second thread saves little, and on a
+    shared machine every multi-threaded op waits at its OpenMP barrier for a descheduled thread
+    (the README has the figures). The network's large convolutions do gain from the threads,
+    so only the frontend runs inside this.
     """
     n = torch.get_num_threads()
     if n == 1:
@@ -183,26 +184,26 @@ def hop_frames(hop_seconds: float = DEFAULT_HOP_SECONDS) -> int:
     # subclass but never a meaningful hop.
     if (isinstance(hop_seconds, bool) or not isinstance(hop_seconds, numbers.Real)
             or not math.isfinite(hop_seconds)):
-        raise ValueError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
-    hop = round(float(hop_seconds) * FRAMES_PER_SECOND)
-    if hop < 1:
-        raise ValueError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
-    return hop
+        raise InvalidArgumentError(f"hop must be a finite number of seconds, got {hop_seconds!r}")
+    frames = round(float(hop_seconds) * FRAMES_PER_SECOND)
+    if frames < 1:
+        raise InvalidArgumentError(f"hop must be at least {1 / FRAMES_PER_SECOND} s, got {hop_seconds}")
+    return frames
 
 
-def window_starts(n_frames: int, hop: int) -> list[int]:
-    """Start frames of the context windows over ``n_frames`` frames with a hop of ``hop`` frames.
+def window_starts(n_frames: int, hop_frames: int) -> list[int]:
+    """Start frames of the context windows over ``n_frames`` frames ``hop_frames`` apart.
 
     At least one window (a short clip is padded); a trailing partial window is kept when it holds
     at least ``MIN_TRAILING_FRAMES`` frames.
     """
-    if hop < 1:
-        raise ValueError(f"window hop must be at least one frame, got {hop}")
+    if hop_frames < 1:
+        raise InvalidArgumentError(f"window hop_frames must be at least one frame, got {hop_frames}")
     if n_frames <= WINDOW_FRAMES:
         return [0]
-    full = (n_frames - WINDOW_FRAMES) // hop + 1
-    starts = [k * hop for k in range(full)]
-    nxt = full * hop
+    full = (n_frames - WINDOW_FRAMES) // hop_frames + 1
+    starts = [k * hop_frames for k in range(full)]
+    nxt = full * hop_frames
     if nxt < n_frames and n_frames - nxt >= MIN_TRAILING_FRAMES:
         starts.append(nxt)
     return starts
@@ -231,14 +232,14 @@ def gather_windows(frames: torch.Tensor, starts: list[int], pad_value: float = 0
     return frames[..., idx, :]
 
 
-def frame_windows(frames: torch.Tensor, hop: int, pad_value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+def frame_windows(frames: torch.Tensor, hop_frames: int, pad_value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
     """Cut ``(n_frames, N_MELS)`` features into ``(n_windows, WINDOW_FRAMES, N_MELS)`` windows.
 
     The windows start at :func:`window_starts`; ``pad_value`` as for :func:`gather_windows`.
     """
     if frames.dim() != 2 or frames.shape[1] != N_MELS:
-        raise ValueError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
-    starts = window_starts(frames.shape[0], hop)
+        raise InvalidArgumentError(f"expected (frames, {N_MELS}) features, got {tuple(frames.shape)}")
+    starts = window_starts(frames.shape[0], hop_frames)
     return gather_windows(frames, starts, pad_value), starts
 
 
@@ -246,9 +247,8 @@ def log_mel_windows(waveform: torch.Tensor, hop_seconds: float = DEFAULT_HOP_SEC
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input for a 16 kHz mono waveform: ``(windows (n, 96, 64), timestamps (n,))``."""
     if waveform.dim() != 1:
-        raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(waveform.shape)}")
-    hop = hop_frames(hop_seconds)
+        raise InvalidArgumentError(f"expected a mono 1-D waveform, got shape {tuple(waveform.shape)}")
     with single_threaded() if waveform.device.type == "cpu" else nullcontext():
         energies = mel_energies(waveform)
-        windows, starts = frame_windows(energies, hop, pad_value=0.0)
+        windows, starts = frame_windows(energies, hop_frames(hop_seconds), pad_value=0.0)
         return log_mel(windows), window_timestamps(starts)

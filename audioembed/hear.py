@@ -18,6 +18,9 @@ from __future__ import annotations
 import torch
 
 from audioembed import frontend
+from audioembed.api import embed_windows
+from audioembed.errors import InvalidArgumentError
+from audioembed.loading import load_model as _load
 from audioembed.model import AudioResNet
 
 TIMESTAMP_HOP_SECONDS = 0.05
@@ -43,21 +46,19 @@ class HearModel(torch.nn.Module):
 
 def load_model(model_file_path: str = "") -> HearModel:
     """A model folder, registry name or ``hf-hub:`` name; ``""`` loads the default model."""
-    from audioembed.loading import load_model as _load
-
     return HearModel(_load(model_file_path or None))
 
 
 def _check_audio(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     if not isinstance(audio, torch.Tensor) or audio.dim() != 2:
         shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
-        raise ValueError(f"audio must be a (n_sounds, n_samples) tensor at "
+        raise InvalidArgumentError(f"audio must be a (n_sounds, n_samples) tensor at "
                          f"{model.sample_rate} Hz, got {shape}")
     if audio.shape[1] == 0:
-        raise ValueError("audio has zero samples")
+        raise InvalidArgumentError("audio has zero samples")
     if not torch.isfinite(audio).all():
         bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(audio))[:, 0]})
-        raise ValueError(f"audio of sounds {bad[:10]} holds NaN or infinite samples")
+        raise InvalidArgumentError(f"audio of sounds {bad[:10]} holds NaN or infinite samples")
     return audio.to(next(model.parameters()).device, torch.float32)
 
 
@@ -68,24 +69,23 @@ def _check_finite(emb: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
     if bad.any():
         sounds = torch.nonzero(bad)[:, 0].tolist()
         peak = float(audio[bad].abs().max())
-        raise ValueError(f"the embeddings of sounds {sounds[:10]} are not finite: samples too "
+        raise InvalidArgumentError(f"the embeddings of sounds {sounds[:10]} are not finite: samples too "
                          f"large for the frontend (peak {peak:.3g}; audio is expected within "
                          "[-1, 1]); scale them down")
     return emb
 
 
-def _log_mel_windows(audio: torch.Tensor, hop: int) -> tuple[torch.Tensor, list[int]]:
+def _log_mel_windows(audio: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, list[int]]:
     """``(n_sounds, n_windows, WINDOW_FRAMES, N_MELS)`` log-mel windows of equal-length sounds."""
     energies = frontend.mel_energies(audio)  # (n_sounds, frames, N_MELS)
-    starts = frontend.window_starts(energies.shape[1], hop)
+    starts = frontend.window_starts(energies.shape[1], hop_frames)
     return frontend.log_mel(frontend.gather_windows(energies, starts)), starts
 
 
 def _embed_windows(windows: torch.Tensor, model: HearModel) -> torch.Tensor:
     """``(n_sounds, n, T, F)`` windows -> ``(n_sounds, n, D)`` embeddings, in bounded batches."""
     flat = windows.reshape(-1, *windows.shape[2:])
-    with torch.inference_mode():
-        out = torch.cat([model(flat[i:i + BATCH_SIZE]) for i in range(0, flat.shape[0], BATCH_SIZE)])
+    out = torch.from_numpy(embed_windows(model.net, flat, BATCH_SIZE)).to(windows.device)
     return out.reshape(*windows.shape[:2], -1)
 
 

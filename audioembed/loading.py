@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from audioembed import registry
+from audioembed import __version__, registry
+from audioembed.errors import AudioembedError
 from audioembed.model import AudioResNet
 from audioembed.model_folder import CONFIG_NAME, WEIGHTS_NAME, ModelFormatError, load_model_folder
 
@@ -16,14 +18,9 @@ HF_PREFIX = "hf-hub:"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(AudioembedError, RuntimeError):
     """A model whose weights cannot be had here: not released yet, not on the Hub at the asked
     revision, or not in the cache while offline. The message says what to do instead."""
-
-
-def _version() -> str:
-    from audioembed import __version__
-    return __version__
 
 
 def parse_hub_name(name: str) -> tuple[str, str | None]:
@@ -31,8 +28,56 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     spec = name[len(HF_PREFIX):]
     repo, _, rev = spec.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ValueError(f"bad Hub model name {name!r}; expected hf-hub:org/repo[@revision]")
+        raise ModelFormatError(f"bad Hub model name {name!r}; expected hf-hub:org/repo[@revision]")
     return repo, rev or None
+
+
+REGISTRY, FOLDER, HUB, ONNX = "registry", "folder", "hub", "onnx"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name names: a ``kind`` and the fields of that kind.
+
+    ``registry``: ``entry``; ``folder`` and ``onnx`` (an ``.onnx`` file from ``export-onnx``):
+    ``path``; ``hub``: ``hub_id`` and ``revision``. ``name`` is the name as given.
+    """
+
+    kind: str
+    name: str
+    entry: registry.PretrainedModel | None = None
+    path: Path | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+
+
+def parse_model_spec(name_or_path: str | os.PathLike | None = None, revision: str | None = None
+                     ) -> ModelSpec:
+    """The one reading of a model name: ``hf-hub:org/repo[@revision]``, a registry name
+    (default ``registry.DEFAULT_MODEL``), an ``.onnx`` file or a model folder.
+
+    Raises:
+        ModelFormatError: the name is none of these, a malformed Hub name, or ``revision``
+            is given where it does not apply.
+    """
+    name = os.fspath(name_or_path) if name_or_path is not None else registry.DEFAULT_MODEL
+    if name.startswith(HF_PREFIX):
+        repo, rev = parse_hub_name(name)
+        if rev and revision and rev != revision:
+            raise ModelFormatError(f"two revisions given: {rev!r} in the name and {revision!r}")
+        return ModelSpec(HUB, name, hub_id=repo, revision=rev or revision)
+    if revision is not None:
+        # A silently ignored pin would load something other than what the caller asked for.
+        raise ModelFormatError(f"revision={revision!r} applies to hf-hub: names only, not to {name!r}")
+    entry = registry.get(name)
+    if entry is not None:
+        return ModelSpec(REGISTRY, name, entry=entry)
+    if name.endswith(".onnx"):
+        return ModelSpec(ONNX, name, path=Path(name))
+    if Path(name).is_dir():
+        return ModelSpec(FOLDER, name, path=Path(name))
+    raise ModelFormatError(f"{name!r} is neither a registered model ({', '.join(registry.list_models())}), "
+                           "a model folder, nor hf-hub:org/repo[@revision]")
 
 
 def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = None,
@@ -43,14 +88,14 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
     naming the repository, the revision and what to check.
     """
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.utils import (EntryNotFoundError, LocalEntryNotFoundError,
+    from huggingface_hub.utils import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     what = f"{HF_PREFIX}{repo_id}@{revision or 'main'}"
 
     def fetch(fname: str, rev: str | None) -> Path:
         return Path(hf_hub_download(repo_id, fname, revision=rev, cache_dir=cache_dir, token=token,
-                                    library_name="audioembed", library_version=_version()))
+                                    library_name="audioembed", library_version=__version__))
 
     try:
         config_path = fetch(CONFIG_NAME, revision)
@@ -77,6 +122,8 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
         raise ModelNotAvailableError(
             f"{what}: the repository lacks {CONFIG_NAME} or {WEIGHTS_NAME}; it is not an "
             "audioembed model repository") from exc
+    except (HfHubHTTPError, OSError) as exc:  # the server failed, or the cache cannot be written
+        raise ModelNotAvailableError(f"{what}: the download failed: {exc}") from exc
     if weights_path.parent != config_path.parent:
         raise ModelFormatError(f"{what}: {CONFIG_NAME} and {WEIGHTS_NAME} came from different "
                                f"snapshots ({config_path.parent} and {weights_path.parent})")
@@ -93,9 +140,8 @@ def _load_hub(repo: str, revision: str | None, *, cache_dir: str | None, device,
 
 
 def _bundled_folder(entry: registry.PretrainedModel) -> Path:
-    sub = entry.source[len("bundled:"):]
-    folder = Path(str(resources.files("audioembed") / "pretrained" / sub))
-    if entry.sha256 is None or not (folder / WEIGHTS_NAME).is_file():
+    folder = Path(str(resources.files("audioembed") / "pretrained" / entry.bundled))
+    if not entry.has_weights or not (folder / WEIGHTS_NAME).is_file():
         raise ModelNotAvailableError(
             f"the weights of {entry.name!r} are not released in this version of audioembed. "
             "Pass a model folder you trained (python -m training train, then python -m training "
@@ -115,30 +161,41 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     as an argument). Hub downloads honour ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``cache_dir``
     and ``token``. Nothing is downloaded unless a Hub name is given.
     """
-    name = os.fspath(name_or_path) if name_or_path is not None else registry.DEFAULT_MODEL
+    spec = parse_model_spec(name_or_path, revision)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
-    if name.startswith(HF_PREFIX):
-        repo, rev = parse_hub_name(name)
-        if rev and revision and rev != revision:
-            raise ValueError(f"two revisions given: {rev!r} in the name and {revision!r}")
-        return _load_hub(repo, rev or revision, cache_dir=cache_dir, device=device, token=token)
-    if revision is not None:
-        # A silently ignored pin would load something other than what the caller asked for.
-        raise ValueError(f"revision={revision!r} applies to hf-hub: names only, not to {name!r}")
-    entry = registry.get(name)
-    if entry is not None:
-        if entry.source.startswith(HF_PREFIX):
-            repo, rev = parse_hub_name(entry.source)
-            model = _load_hub(repo, rev, cache_dir=cache_dir, device=device, token=token,
-                              expected_sha256=entry.sha256)
+    if spec.kind == HUB:
+        return _load_hub(spec.hub_id, spec.revision, cache_dir=cache_dir, device=device, token=token)
+    if spec.kind == REGISTRY:
+        entry = spec.entry
+        if entry.hub_id is not None:
+            model = _load_hub(entry.hub_id, entry.revision, cache_dir=cache_dir, device=device,
+                              token=token, expected_sha256=entry.sha256)
         else:
             model = load_model_folder(_bundled_folder(entry), device=device,
                                       expected_sha256=entry.sha256)
         model.info["source"] = f"registry:{entry.name}"
         return model
-    if Path(name).is_dir():
-        model = load_model_folder(name, device=device)
-        model.info["source"] = str(Path(name).resolve())
-        return model
-    raise ModelFormatError(f"{name!r} is neither a registered model ({', '.join(registry.list_models())}), "
-                           "a model folder, nor hf-hub:org/repo[@revision]")
+    if spec.kind == ONNX:
+        raise ModelFormatError(f"{spec.name}: an ONNX file runs with backend=\"onnx\" "
+                               "(embed(..., backend=\"onnx\"), --backend onnx), not as a torch model")
+    model = load_model_folder(spec.path, device=device)
+    model.info["source"] = str(spec.path.resolve())
+    return model
+
+
+_MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
+
+
+def cached_model(model: str | os.PathLike | AudioResNet | None, device: str | torch.device | None
+                 ) -> AudioResNet:
+    """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached per
+    process, so ``embed()`` called in a loop loads its model once."""
+    if isinstance(model, torch.nn.Module):
+        # Inference is deterministic only in eval mode: in training mode BatchNorm would use
+        # (and update) batch statistics, so results would depend on the batch (as encode() does).
+        model.eval()
+        return model.to(device) if device is not None else model
+    key = (os.fspath(model) if model is not None else "", str(device or "cpu"))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_model(model, device=device)
+    return _MODEL_CACHE[key]

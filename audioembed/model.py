@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audioembed.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -130,7 +132,7 @@ class AudioResNet(nn.Module):
         if x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected (batch, frames, bands) or (batch, 1, frames, bands), "
+            raise InvalidArgumentError(f"expected (batch, frames, bands) or (batch, 1, frames, bands), "
                              f"got {tuple(x.shape)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

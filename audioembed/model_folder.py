@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from audioembed import frontend
+from audioembed.errors import AudioembedError, InvalidArgumentError
 from audioembed.model import AudioResNet, ModelConfig
 from audioembed.outputs import atomic_write
 
@@ -28,8 +29,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class ModelFormatError(ValueError):
-    """A model folder that this version of audioembed cannot or must not load."""
+class ModelFormatError(AudioembedError, ValueError):
+    """A model name, folder or file that this version of audioembed cannot or must not load."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -96,7 +97,7 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
             # fp16 tops out at 65504: a weight or BN running variance past it would be stored as
             # inf and silently break every embedding. Refuse rather than write such a release.
             if not torch.isfinite(cast).all() and torch.isfinite(v).all():
-                raise ValueError(f"{k}: values exceed the range of {dtype} (max |x| = "
+                raise InvalidArgumentError(f"{k}: values exceed the range of {dtype} (max |x| = "
                                  f"{v.abs().max().item():.4g}); save with a wider dtype")
             v = cast
         tensors[k] = v.contiguous()
@@ -124,6 +125,8 @@ def read_config(folder: str | os.PathLike) -> dict:
         raise ModelFormatError(f"{folder}: no {CONFIG_NAME}; not an audioembed model folder") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{path}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: expected a JSON object, got {type(config).__name__}")
     version = config.get("format_version")
@@ -158,7 +161,10 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelFormatError(f"{folder}: no {WEIGHTS_NAME}")
-    digest = sha256_file(weights)
+    try:
+        digest = sha256_file(weights)
+    except OSError as exc:
+        raise ModelFormatError(f"{weights}: cannot be read ({exc.strerror or exc})") from exc
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelFormatError(f"{weights}: sha256 {digest} does not match the registry's "
                                f"{expected_sha256}; the file is corrupt or was replaced")

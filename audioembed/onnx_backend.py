@@ -23,7 +23,10 @@ import numpy as np
 import torch
 
 from audioembed import frontend
+from audioembed.errors import InvalidArgumentError, MissingDependencyError
+from audioembed.loading import ONNX, cached_model, parse_model_spec
 from audioembed.model import AudioResNet
+from audioembed.model_folder import ModelFormatError
 from audioembed.outputs import atomic_write
 
 INPUT_NAME = "log_mel"
@@ -32,11 +35,11 @@ EXTRA = "pip install 'audioembed[onnx]'"
 
 
 def require(module: str, purpose: str):
-    """Import an optional dependency, or raise ImportError saying how to install it."""
+    """Import an optional dependency, or raise MissingDependencyError (an ImportError) saying how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{purpose} needs the optional package {module!r}: {EXTRA}") from exc
+        raise MissingDependencyError(f"{purpose} needs the optional package {module!r}: {EXTRA}") from exc
 
 
 def export_bytes(model: AudioResNet) -> bytes:
@@ -89,8 +92,13 @@ class OnnxModel:
         # As many threads as torch uses, so the two backends compare like for like.
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         source = model if isinstance(model, bytes) else os.fspath(model)
-        self.session = ort.InferenceSession(source, sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own types (Fail, NoSuchFile, ...)
+            if isinstance(model, bytes):
+                raise  # exported here: a bug, not the caller's file
+            raise ModelFormatError(f"{source}: not a loadable ONNX model ({exc})") from exc
         outputs = self.session.get_outputs()
         self.embedding_dim = int(outputs[0].shape[-1])
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -110,15 +118,13 @@ def onnx_model(model, device=None) -> OnnxModel:
     if isinstance(model, OnnxModel):
         return model
     if device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f'backend="onnx" runs on the CPU (onnxruntime); got device={device!r}')
-    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
+        raise InvalidArgumentError(f'backend="onnx" runs on the CPU (onnxruntime); got device={device!r}')
+    if isinstance(model, (str, os.PathLike)) and parse_model_spec(model).kind == ONNX:
         key = os.path.realpath(model)
         if key not in _FILES:
             _FILES[key] = OnnxModel(model)
         return _FILES[key]
-    from audioembed.api import resolve_model
-
-    net = resolve_model(model, None)  # loads are cached there, so a name exports once
+    net = cached_model(model, None)  # loads are cached, so a name exports once
     if net not in _EXPORTED:
         _EXPORTED[net] = OnnxModel(export_bytes(net))
     return _EXPORTED[net]

@@ -81,23 +81,15 @@ def remove_stale_temp_files(folders: Iterable[Path]) -> list[Path]:
     return removed
 
 
-def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
-    """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place.
-
-    A crash or a full disk leaves the old file (or none), never a partial one. ``fsync``
-    also flushes the data to disk before the rename, for files a resume relies on.
-    An OSError names ``path``, never the temporary file.
-    """
+def atomic_create(path: Path, create: Callable[[Path], None]) -> None:
+    """``create(tmp)`` makes the file at a temporary name beside ``path``; it is then renamed
+    into place. A crash or a full disk leaves the old file (or none), never a partial one.
+    An OSError names ``path``, never the temporary file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name()
-    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        create(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -107,6 +99,22 @@ def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
+    """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place
+    (:func:`atomic_create`). ``fsync`` also flushes the data to disk before the rename, for
+    files a resume relies on."""
+    def create(tmp: Path) -> None:
+        # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    atomic_create(path, create)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from typing import Callable, Iterator, Sequence
 
+from audioembed.errors import InvalidArgumentError
 from audioembed.streaming import FeatureChunk
 
 # Windows a worker may have computed and not yet handed on: a few full batches, so the network
@@ -65,7 +66,7 @@ def _size(chunk: FeatureChunk) -> int:
     return 0 if chunk.windows is None else int(chunk.windows.shape[0])
 
 
-def prefetch(n_items: int, chunks_of: Callable[[int], Iterator[FeatureChunk]], workers: int,
+def worker_chunks(n_items: int, chunks_of: Callable[[int], Iterator[FeatureChunk]], workers: int,
              ahead_windows: int = DEFAULT_AHEAD_WINDOWS) -> Iterator[FeatureChunk]:
     """``chunks_of(0)``, ``chunks_of(1)``, ... computed by ``workers`` threads, yielded in order.
 
@@ -108,9 +109,9 @@ def ordered_chunks(items: Sequence, chunks_of: Callable[[int], Iterator[FeatureC
                    workers: int = 0) -> Iterator[FeatureChunk]:
     """Every input's chunks in input order: in this thread (``workers=0``) or from workers."""
     if not (isinstance(workers, int) and workers >= 0):
-        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+        raise InvalidArgumentError(f"workers must be a non-negative integer, got {workers!r}")
     if workers == 0 or len(items) == 0:
         for i in range(len(items)):
             yield from chunks_of(i)
         return
-    yield from prefetch(len(items), chunks_of, min(workers, len(items)))
+    yield from worker_chunks(len(items), chunks_of, min(workers, len(items)))

@@ -9,12 +9,36 @@ PAPER = ("A. Jansen et al., 'Unsupervised Learning of Semantic Audio Representat
 
 @dataclass(frozen=True)
 class PretrainedModel:
+    """A registered model: where its weights are (a folder bundled with the package, or a
+    Hugging Face Hub repository at a revision) and the sha256 they are checked against."""
+
     name: str
-    source: str  # "bundled:<folder under audioembed/pretrained>" or "hf-hub:org/repo@revision"
-    sha256: str | None  # of model.safetensors; None while the weights are not released
     license: str
     paper: str
     description: str
+    sha256: str | None = None  # of model.safetensors; None while the weights are not released
+    bundled: str | None = None  # folder under audioembed/pretrained
+    hub_id: str | None = None  # "org/repo"
+    revision: str | None = None  # branch, tag or commit of hub_id (None: main)
+
+    def __post_init__(self):
+        if (self.bundled is None) == (self.hub_id is None):
+            raise ValueError(f"registry entry {self.name!r}: give bundled or hub_id, not both")
+        if self.revision is not None and self.hub_id is None:
+            raise ValueError(f"registry entry {self.name!r}: revision applies to hub_id only")
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the weights are released (and so have a sha256 to check)."""
+        return self.sha256 is not None
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from, as ``info`` prints it: ``bundled:FOLDER`` or
+        ``hf-hub:org/repo@revision``."""
+        if self.bundled is not None:
+            return f"bundled:{self.bundled}"
+        return f"hf-hub:{self.hub_id}" + (f"@{self.revision}" if self.revision else "")
 
 
 DEFAULT_MODEL = "triplet-resnet50-joint"
@@ -23,7 +47,7 @@ _REGISTRY = {
     m.name: m for m in [
         PretrainedModel(
             name="triplet-resnet50-joint",
-            source="bundled:triplet-resnet50-joint",
+            bundled="triplet-resnet50-joint",
             sha256="0415adb4b3dc3dfdfd1d2d3c4f9605c3af0301cb026433406673f357b57e38ff",
             license="CC-BY-SA-4.0",
             paper=PAPER,
@@ -41,3 +65,8 @@ def list_models() -> list[str]:
 
 def get(name: str) -> PretrainedModel | None:
     return _REGISTRY.get(name)
+
+
+def released() -> list[PretrainedModel]:
+    """The registered models whose weights are released, by name."""
+    return [_REGISTRY[name] for name in list_models() if _REGISTRY[name].has_weights]

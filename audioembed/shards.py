@@ -17,12 +17,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from audioembed.errors import AudioembedError
 from audioembed.outputs import WINDOW_KEYS, archive_arrays, save_archive
 
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
-class MergeError(ValueError):
+class ShardError(AudioembedError, ValueError):
+    """A ``--shard`` (or torchrun rank) that does not name one shard of a run."""
+
+
+class MergeError(AudioembedError, ValueError):
     """The shard archives cannot be merged: missing, unreadable, or not from one run."""
 
 
@@ -33,7 +38,7 @@ class Shard:
 
     def __post_init__(self):
         if not (0 <= self.index < self.count):
-            raise ValueError(f"shard {self.index}/{self.count}: K must be in 0..N-1")
+            raise ShardError(f"shard {self.index}/{self.count}: K must be in 0..N-1")
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -51,7 +56,7 @@ def parse_shard(text: str) -> Shard:
     """``"K/N"`` -> ``Shard(K, N)``; raises ValueError with the expected form."""
     m = _SHARD_RE.fullmatch(text)
     if m is None:
-        raise ValueError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+        raise ShardError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
     return Shard(int(m.group(1)), int(m.group(2)))
 
 
@@ -63,7 +68,7 @@ def shard_from_env(environ: Mapping[str, str] = os.environ) -> Shard | None:
     try:
         count, rank = int(world), int(environ.get("RANK", ""))
     except ValueError as exc:
-        raise ValueError(f"WORLD_SIZE={world!r} and RANK={environ.get('RANK')!r} must be "
+        raise ShardError(f"WORLD_SIZE={world!r} and RANK={environ.get('RANK')!r} must be "
                          "integers") from exc
     return Shard(rank, count) if count > 1 else None
 
@@ -76,7 +81,7 @@ def resolve_shard(option: str | None, environ: Mapping[str, str] = os.environ) -
     shard = parse_shard(option)
     if from_env is not None:
         # Every rank would process the same --shard: almost surely not what was meant.
-        raise ValueError(f"--shard {option} given inside a {from_env.count}-process torchrun "
+        raise ShardError(f"--shard {option} given inside a {from_env.count}-process torchrun "
                          "run (WORLD_SIZE is set); use one or the other")
     return shard
 

@@ -28,7 +28,8 @@ import soundfile as sf
 import torch
 
 from audioembed import AudioResNet, ModelConfig, embed, frontend, save_model_folder
-from audioembed.api import DEFAULT_BATCH_SIZE, resolve_model
+from audioembed.api import DEFAULT_BATCH_SIZE
+from audioembed.loading import cached_model
 from audioembed.audio_io import load_waveform
 
 
@@ -55,7 +56,7 @@ def main() -> None:
         n_windows = first.window_embeddings.shape[0]
 
         # The very instance embed() uses (it caches loads per folder), so both timings share weights.
-        model = resolve_model(folder, None)
+        model = cached_model(folder, None)
         windows, _ = frontend.log_mel_windows(load_waveform(wav))
         batches = [windows[i:i + args.batch_size].unsqueeze(1).contiguous(memory_format=torch.channels_last)
                    for i in range(0, windows.shape[0], args.batch_size)]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from audioembed import AudioResNet, ModelConfig
-from audioembed.api import _forward
+from audioembed.api import embed_windows
 from audioembed.onnx_backend import OnnxModel, export_bytes
 
 
@@ -42,9 +42,9 @@ def main() -> None:
     runner = OnnxModel(export_bytes(net), threads=threads)
     export_s = time.perf_counter() - t0
     batches = [torch.randn(args.batch_size, 96, 64) - 4 for _ in range(args.batches)]
-    diff = max(float(np.abs(runner(b) - _forward(net, b)).max()) for b in batches)
+    diff = max(float(np.abs(runner(b) - embed_windows(net, b, len(b))).max()) for b in batches)
 
-    fns = {"torch": lambda: [_forward(net, b) for b in batches],
+    fns = {"torch": lambda: [embed_windows(net, b, len(b)) for b in batches],
            "onnxruntime": lambda: [runner(b) for b in batches]}
     interleaved_times(fns, 1)  # warm-up: kernel selection, allocations
     times = interleaved_times(fns, args.repeats)

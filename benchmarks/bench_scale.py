@@ -74,11 +74,11 @@ def child(args) -> None:
     """
     torch.set_num_threads(args.threads)
     from audioembed import embed
-    from audioembed.api import resolve_model
+    from audioembed.loading import cached_model
 
     out = {"import_rss_mb": proc_status_mb("VmRSS")}
     t0 = time.perf_counter()
-    resolve_model(args.model, None)
+    cached_model(args.model, None)
     out.update(load_s=time.perf_counter() - t0, loaded_rss_mb=proc_status_mb("VmRSS"))
     if args.child != "load":
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -125,9 +125,9 @@ def memory(tmp: Path, model: Path, model_mb: float, args) -> None:
 
 def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     from audioembed import extract
-    from audioembed.api import _forward, collect_features, iter_features, resolve_model
+    from audioembed.api import collect_features, embed_windows, iter_features
 
-    net = resolve_model(model, None)
+    net = cached_model(model, None)
     paths = sorted(folder.glob("*.wav"))
     windows = torch.cat([f[0] for _, _, f in collect_features(iter_features(paths, None, 0.96))])
     batches = [windows[i:i + 64] for i in range(0, len(windows), 64)]
@@ -135,7 +135,7 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
 
     def model_only() -> None:
         for b in batches:
-            _forward(net, b)
+            embed_windows(net, b)
 
     def e2e(workers: int, backend: str = "torch"):
         def go() -> None:

@@ -2,7 +2,7 @@
 
     python examples/few_shot_classifier.py FOLDER [--model MODEL] [--shots 20] [--test 10]
 
-Labels come from file names, ``LABEL_anything.wav``; the Free Spoken Digit Dataset's
+Labels come from file names, ``LABEL_anything.wav`` (any audio extension); the Free Spoken Digit Dataset's
 ``digit_speaker_index.wav`` fits (recordings/ holds 50 clips per digit). For each class,
 ``--shots`` clips train the classifier and ``--test`` other clips measure its accuracy.
 Two classifiers are reported: nearest class centroid (cosine) and multinomial logistic
@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from audioembed import embed
+from audioembed.audio_io import audio_files
 
 
 def split(folder: Path, shots: int, test: int, seed: int) -> tuple[list, list]:
     """(train, test) lists of (path, label), ``shots`` and ``test`` clips per class."""
     by_label = defaultdict(list)
-    for path in sorted(folder.glob("*.wav")):
+    for path in audio_files(folder, recursive=False):
         by_label[path.stem.split("_")[0]].append(path)
     rng = random.Random(seed)
     train, held_out = [], []

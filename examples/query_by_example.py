@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from audioembed import embed
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au"}
-
+from audioembed.audio_io import audio_files
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,7 +24,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=5, help="how many neighbours to print")
     args = parser.parse_args()
 
-    files = sorted(p for p in Path(args.folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = audio_files(args.folder)
     if not files:
         sys.exit(f"no audio files under {args.folder}")
     index = embed(files, model=args.model, progress=True)  # (N, 128), row i for files[i]

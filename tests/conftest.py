@@ -70,7 +70,7 @@ def unreleased_model(monkeypatch) -> str:
     from audioembed import registry
 
     entry = registry.PretrainedModel(
-        name=UNRELEASED, source=f"bundled:{UNRELEASED}", sha256=None, license="test",
+        name=UNRELEASED, bundled=UNRELEASED, sha256=None, license="test",
         paper=registry.PAPER, description="registered, weights not released")
     monkeypatch.setitem(registry._REGISTRY, UNRELEASED, entry)
     return UNRELEASED

@@ -184,13 +184,13 @@ def _tone(sr: int, seconds: float = 1.0, hz: float = 1000.0) -> np.ndarray:
 
 @pytest.mark.parametrize("sr", [16001, 48001, 384001, 1001, 11111])
 def test_odd_rates_resample_in_bounded_memory_and_by_blocks(sr):
-    from audioembed import streaming
-    from audioembed.audio_io import resample
+    from audioembed import resample as rs
+    from audioembed.resample import resample
 
     # The dense torchaudio filter for these rates is ~new x orig floats (16001 Hz: 1 GB).
-    assert not streaming.uses_dense_kernel(sr)
-    r = streaming.make_resampler(sr)
-    assert isinstance(r, streaming.PhaseResampler)
+    assert not rs.uses_dense_kernel(sr)
+    r = rs.make_resampler(sr)
+    assert isinstance(r, rs.PhaseResampler)
     assert r.table.numel() * r.table.element_size() < 25e6
     x = _tone(sr, 1.3, hz=200.0)  # below the Nyquist frequency of 1001 Hz
     rng = np.random.default_rng(sr)
@@ -209,13 +209,13 @@ def test_odd_rates_resample_in_bounded_memory_and_by_blocks(sr):
 def test_phase_resampler_is_torchaudios_filter(sr):
     import torchaudio.functional as AF
 
-    from audioembed import streaming
+    from audioembed import resample as rs
 
     # The common rates keep torchaudio's dense filter (bit-identical, see test_streaming); the
     # phase table is the same formula, checked against torchaudio in float64.
-    assert streaming.uses_dense_kernel(sr)
+    assert rs.uses_dense_kernel(sr)
     x = (0.2 * np.random.default_rng(sr).standard_normal(sr + 17)).astype(np.float32)
-    r = streaming.PhaseResampler(sr)
+    r = rs.PhaseResampler(sr)
     got = torch.cat([r.push(torch.from_numpy(x)), r.finish()])
     want = AF.resample(torch.from_numpy(x.astype(np.float64)), sr, 16000, lowpass_filter_width=6,
                        rolloff=0.99, resampling_method="sinc_interp_hann")
@@ -596,10 +596,10 @@ def test_a_huge_batch_size_does_not_queue_a_long_file(tiny_model_dir):
 
     def model(windows):
         sizes.append(windows.shape[0])
-        return api._forward(net, windows)
+        return api.embed_windows(net, windows)
 
     x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 60)).astype(np.float32)
-    features = api.iter_features([x], 16000, hop=0.24)  # 248 windows of 0.96 s, hop 0.24 s
+    features = api.iter_features([x], 16000, hop_seconds=0.24)  # 248 windows of 0.96 s, hop 0.24 s
     monkey_cap = api.MAX_QUEUED_WINDOWS
     try:
         api.MAX_QUEUED_WINDOWS = 100

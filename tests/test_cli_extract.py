@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from audioembed import embed, extract, frontend
+from audioembed import backends, embed, extract, frontend, outputs
 from audioembed.cli import main
 
 
@@ -266,7 +266,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        extract.atomic_write(target, crash)
+        outputs.atomic_write(target, crash)
     assert np.load(target).tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["e.npy"]
 
@@ -274,8 +274,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         assert not (tmp_path / "new.npy").exists()  # appears only once complete
         np.save(f, np.arange(4))
 
-    extract.atomic_write(tmp_path / "new.npy", write_new)
-    extract.atomic_write(target, lambda f: np.save(f, np.arange(5)))
+    outputs.atomic_write(tmp_path / "new.npy", write_new)
+    outputs.atomic_write(target, lambda f: np.save(f, np.arange(5)))
     assert np.load(tmp_path / "new.npy").tolist() == [0, 1, 2, 3]
     assert np.load(target).tolist() == [0, 1, 2, 3, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "new.npy"]
@@ -340,4 +340,4 @@ def test_cli_defaults_match_the_library():
 
     assert cli.DEFAULT_HOP_SECONDS == frontend.DEFAULT_HOP_SECONDS
     assert cli.DEFAULT_BATCH_SIZE == api.DEFAULT_BATCH_SIZE
-    assert cli.BACKENDS == api.BACKENDS and cli.FORMATS == extract.FORMATS
+    assert cli.BACKENDS == backends.BACKENDS and cli.FORMATS == extract.FORMATS

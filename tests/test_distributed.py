@@ -21,7 +21,8 @@ from training import distributed
 from training.feature_cache import FeatureCache, build_cache
 from training.losses import TripletLoss
 from training.samplers import make_sampler, sample_batch
-from training.trainer import LOG_NAME, load_checkpoint, train_step
+from training.checkpoint import load_checkpoint
+from training.trainer import LOG_NAME, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

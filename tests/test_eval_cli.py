@@ -103,7 +103,7 @@ def test_evaluate_report_rejects_other_json(tmp_path):
 
 
 def test_cli_defaults_are_the_evaluation_settings():
-    # The CLI imports the evaluator lazily, so its defaults are literals: keep them in step.
+    # The CLI reads its defaults from EvalSettings, as do the classifiers.
     from training.evaluation.cli import evaluate
     from training.evaluation.run import EvalSettings
 
@@ -111,3 +111,7 @@ def test_cli_defaults_are_the_evaluation_settings():
     assert defaults["epochs"] == EvalSettings.epochs
     assert defaults["patience"] == EvalSettings.patience
     assert defaults["seed"] == EvalSettings.seed
+    from training.evaluation.classifiers import MLPConfig
+
+    assert MLPConfig().patience == EvalSettings.patience and MLPConfig().epochs == EvalSettings.epochs
+    assert EvalSettings().mlp(2) == MLPConfig(hidden_layers=2)

@@ -16,7 +16,8 @@ import audioembed
 from training.config import load_config
 from training.export import write_model_card
 from training.feature_cache import build_cache
-from training.trainer import load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 

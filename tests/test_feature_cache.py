@@ -49,7 +49,7 @@ def test_cache_matches_frontend_and_groups_recordings(tmp_path, corpus):
     c = FeatureCache(tmp_path / "cache")
     assert c.num_recordings == 3 and c.num_files == 4
     talk = c.recording_ids.index("talk")
-    files = c.recording_files(talk)
+    files = np.flatnonzero(c.file_recording == talk)
     assert [c.file_keys[f] for f in files] == ["f0.wav", "f1.wav"]  # manifest order
     assert c.file_labels[files[0]] == {"dog", "bark"}
     whole = c.frames(talk)

@@ -216,7 +216,7 @@ def test_registry_hub_entry_checks_sha256(fake_hub, monkeypatch):
     good = sha256_file(fake_hub["folder"] / WEIGHTS_NAME)
     for name, digest in (("hub-good", good), ("hub-bad", "0" * 64)):
         monkeypatch.setitem(registry._REGISTRY, name, registry.PretrainedModel(
-            name=name, source="hf-hub:org/repo@v1", sha256=digest, license="CC0-1.0",
+            name=name, hub_id="org/repo", revision="v1", sha256=digest, license="CC0-1.0",
             paper=registry.PAPER, description="test entry"))
     assert load_model("hub-good").info["source"] == "registry:hub-good"
     with pytest.raises(ModelFormatError, match="sha256"):

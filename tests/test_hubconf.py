@@ -12,12 +12,21 @@ from audioembed import AudioResNet, ModelNotAvailableError, load_model
 REPO = str(Path(__file__).resolve().parents[1])
 
 
-def test_entry_points_and_dependencies():
-    # torch.hub.list and help read GitHub only; this is the rule they apply to the module.
+def _hubconf():
     spec = importlib.util.spec_from_file_location("hubconf_under_test", Path(REPO) / "hubconf.py")
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
-    entries = [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith("_")]
+    return hubconf
+
+
+def _entries(hubconf) -> list[str]:
+    # torch.hub.list and help read GitHub only; this is the rule they apply to the module.
+    return [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith("_")]
+
+
+def test_entry_points_and_dependencies():
+    hubconf = _hubconf()
+    entries = _entries(hubconf)
     assert entries == ["load_model", "triplet_resnet50_joint"]
     assert "ModelNotAvailableError" in hubconf.triplet_resnet50_joint.__doc__
     assert hubconf.dependencies == ["torch", "torchaudio", "numpy", "soundfile", "safetensors"]
@@ -52,3 +61,25 @@ def test_untrained_network():
 def test_the_docs_say_the_weights_are_released():
     text = (Path(REPO) / "hubconf.py").read_text()
     assert "not released" not in text and 'source="local"' in text
+
+
+def test_every_released_registry_entry_is_an_entry_point():
+    from audioembed import registry
+
+    released = [m.name.replace("-", "_") for m in registry.released()]
+    assert released and set(released) <= set(_entries(_hubconf()))
+    assert registry.DEFAULT_MODEL.replace("-", "_") in released
+
+
+def test_entry_points_follow_the_registry(monkeypatch):
+    from audioembed import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "extra-model", registry.PretrainedModel(
+        name="extra-model", hub_id="org/extra", sha256="0" * 64, license="CC0-1.0",
+        paper=registry.PAPER, description="test entry"))
+    monkeypatch.setitem(registry._REGISTRY, "unreleased-model", registry.PretrainedModel(
+        name="unreleased-model", bundled="unreleased-model", license="CC0-1.0",
+        paper=registry.PAPER, description="test entry"))
+    hubconf = _hubconf()
+    assert "extra_model" in _entries(hubconf) and "unreleased_model" not in _entries(hubconf)
+    assert "hf-hub:org/extra" in hubconf.extra_model.__doc__

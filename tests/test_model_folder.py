@@ -139,7 +139,7 @@ def test_sha256_mismatch_is_refused(folder):
 
 def test_registry_entry_with_a_wrong_sha256_is_refused(folder, monkeypatch):
     monkeypatch.setitem(registry._REGISTRY, "local-test", registry.PretrainedModel(
-        name="local-test", source="bundled:local-test", sha256="f" * 64, license="CC0-1.0",
+        name="local-test", bundled="local-test", sha256="f" * 64, license="CC0-1.0",
         paper=registry.PAPER, description="test entry"))
     monkeypatch.setattr(loading, "_bundled_folder", lambda entry: folder)
     with pytest.raises(ModelFormatError, match="does not match the registry"):

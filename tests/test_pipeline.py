@@ -124,7 +124,7 @@ def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does()
     produced: list = []
     before = threading.active_count()
     earlier = set(threading.enumerate())
-    stream = pipeline.prefetch(100, _fake_chunks(produced), workers=2, ahead_windows=8)
+    stream = pipeline.worker_chunks(100, _fake_chunks(produced), workers=2, ahead_windows=8)
     assert next(stream).index == 0
     workers = [t for t in threading.enumerate() if t not in earlier]
     assert len(workers) == 2

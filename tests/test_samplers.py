@@ -10,9 +10,9 @@ import pytest
 
 from audioembed import frontend
 from training.feature_cache import CacheWriter, FeatureCache
-from training.samplers import (ExampleMixing, ExplicitLabel, GaussianNoise, Joint, TemporalProximity,
-                               Translation, Triplet, batch_rng, make_sampler, mix, negative_candidates,
-                               sample_batch, translate)
+from training.samplers import (SAMPLERS, ExampleMixing, ExplicitLabel, GaussianNoise, Joint,
+                               TemporalProximity, Translation, Triplet, Window, batch_rng, make_sampler,
+                               mix, negative_candidates, sample_batch, translate)
 
 T, F = frontend.WINDOW_FRAMES, frontend.N_MELS
 LENGTHS = [1500, 400, 90, 700, 1200, 300]
@@ -206,3 +206,22 @@ def test_negative_candidates_of_a_hand_built_batch():
                          [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
                          [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]], dtype=bool)
     np.testing.assert_array_equal(negative_candidates(triplets), expected)
+
+
+@pytest.mark.parametrize("name, key", [("temporal_proximity", "_long"), ("explicit_label", "_by_label"),
+                                       ("translation", "name"), ("example_mixing", "minable")])
+def test_config_allows_only_sampler_hyperparameters(name, key):
+    from training.config import ConfigError, from_dict, sampler_parameters
+
+    with pytest.raises(ConfigError, match="unknown keys"):
+        from_dict({"data": {"cache": "c"}, "samplers": {name: {key: 1}}})
+    assert sampler_parameters(SAMPLERS["temporal_proximity"]) == {"max_offset_frames"}
+    assert sampler_parameters(SAMPLERS["explicit_label"]) == set()
+
+
+def test_triplet_of_three_windows():
+    w = np.zeros((T, F), np.float32)
+    t = Triplet.of("x", True, Window(w, frozenset([1]), frozenset(["a"])), Window(w, frozenset([1, 2])),
+                   Window(w, frozenset([3]), frozenset()))
+    assert t.anchor_recordings == {1} and t.positive_recordings == {1, 2} and t.negative_recordings == {3}
+    assert t.anchor_labels == {"a"} and t.positive_labels is None and t.negative_labels == frozenset()

@@ -8,8 +8,9 @@ import torch
 import torchaudio.functional as AF
 
 from audioembed import embed, frontend, streaming
+from audioembed.resample import BlockResampler, resample
 from audioembed.api import collect_features, iter_embeddings, iter_features
-from audioembed.audio_io import AudioSource, load_waveform, resample
+from audioembed.audio_io import AudioSource, load_waveform
 from helpers_hub import tiny_model
 
 
@@ -26,7 +27,7 @@ def random_blocks(x: np.ndarray, rng: np.random.Generator, most: int):
 def test_block_resampler_equals_torchaudio(sr):
     rng = np.random.default_rng(sr)
     x = (0.2 * rng.standard_normal(3 * sr + 17)).astype(np.float32)
-    r = streaming.BlockResampler(sr)
+    r = BlockResampler(sr)
     got = torch.cat([r.push(torch.from_numpy(b)) for b in random_blocks(x, rng, sr // 2 + 2)]
                     + [r.finish()])
     want = AF.resample(torch.from_numpy(x), sr, frontend.SAMPLE_RATE, lowpass_filter_width=6,

@@ -17,7 +17,8 @@ import torch
 
 from training.config import ConfigError, from_dict, load_config
 from training.feature_cache import build_cache
-from training.trainer import LOG_NAME, load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.trainer import LOG_NAME, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,7 +292,7 @@ def test_training_loss_falls_and_dev_qbe_rises_above_chance(tmp_path, one_thread
     from audioembed.model import AudioResNet
     from training.feature_cache import FeatureCache
     from training.samplers import make_sampler, sample_batch
-    from training.trainer import model_from_checkpoint
+    from training.checkpoint import model_from_checkpoint
 
     cache, dev_csv = tones_and_noise(tmp_path)
     config = from_dict({"data": {"cache": str(cache)}, "model": {"layers": [1, 1, 1, 1], "base_width": 8},

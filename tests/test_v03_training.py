@@ -14,7 +14,8 @@ from training.config import ConfigError, load_config
 from training.feature_cache import FeatureCache
 from training.samplers import make_sampler, sample_batch
 from training.schedule import Schedule
-from training.trainer import LOG_NAME, load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.trainer import LOG_NAME, train
 
 from test_trainer import synth_cache, tiny_config
 

@@ -61,6 +61,7 @@ samplers with equal weights and default hyperparameters.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from audioembed.errors import AudioembedError
 from audioembed.model import ModelConfig
 from training.augment import Augment
 from training.samplers import DEFAULT_JOINT, SAMPLERS
@@ -89,7 +91,7 @@ LOSS_KINDS = ("hinge", "soft-margin", "batch-all", "nt-xent")
 _SECTIONS = {"data", "model", "train", "samplers", "runtime", "dev", "loss", "schedule", "augment"}
 
 
-class ConfigError(ValueError):
+class ConfigError(AudioembedError, ValueError):
     """A configuration file that cannot be used; the message names the key."""
 
 
@@ -133,6 +135,11 @@ class TrainConfig:
                             "bf16": self.bf16},
                 "loss": dict(self.loss), "schedule": dict(self.schedule), "augment": copy.deepcopy(self.augment),
                 **({"dev": dict(self.dev)} if self.dev else {})}
+
+
+def sampler_parameters(cls) -> set[str]:
+    """The hyperparameters a sampler class takes: its dataclass fields set at construction."""
+    return {f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
 
 
 def _check_keys(section: str, got: dict, allowed) -> None:
@@ -180,8 +187,7 @@ def from_dict(d: dict, base_dir: str | os.PathLike = ".") -> TrainConfig:
     for name, params in samplers.items():
         if name not in SAMPLERS:
             raise ConfigError(f"[samplers.{name}]: unknown sampler; known: {sorted(SAMPLERS)}")
-        fields = set(SAMPLERS[name].__dataclass_fields__) - {"_by_label", "_labelled", "_cache_id"}
-        _check_keys(f"samplers.{name}", params, fields | {"weight"})
+        _check_keys(f"samplers.{name}", params, sampler_parameters(SAMPLERS[name]) | {"weight"})
     if not any(float(p.get("weight", 1.0)) > 0 for p in samplers.values()):
         raise ConfigError("[samplers]: every sampler has weight 0")
     runtime = {**_RUNTIME_DEFAULTS, **d.get("runtime", {})}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from audioembed import frontend
-from audioembed.api import collect_features, iter_features
+from audioembed.api import collect_features, embed_windows, iter_features
 from training.evaluation.datasets import load_dataset
 from training.evaluation.metrics import qbe_map, segment_means
 from training.losses import DEFAULT_MARGIN, triplet_loss
@@ -96,20 +96,15 @@ class DevQbE:
         log(f"dev: {self.name}, {self.n_segments} clips, {len(self.windows)} windows "
             f"(at most {max_windows or 'all'} per clip), prepared in {time.perf_counter() - t0:.0f} s")
 
-    @torch.no_grad()
     def embed(self, model: torch.nn.Module, device: torch.device, autocast=None) -> np.ndarray:
         """Window embeddings, with ``model`` in eval mode (its mode is restored after)."""
         was_training = model.training
         model.eval()
-        out = []
         try:
-            for a in range(0, len(self.windows), self.batch_size):
-                x = self.windows[a:a + self.batch_size].to(device).float().unsqueeze(1)
-                with autocast or nullcontext():
-                    out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            with autocast or nullcontext():
+                return embed_windows(model, self.windows, self.batch_size, device)
         finally:
             model.train(was_training)
-        return torch.cat(out).numpy()
 
     def __call__(self, model: torch.nn.Module, device: torch.device, autocast=None) -> dict:
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from audioembed.model_folder import save_model_folder
-from training.trainer import git_commit, load_checkpoint, model_from_checkpoint
+from training.checkpoint import git_commit, load_checkpoint, model_from_checkpoint
 
 _CARD = """---
 library_name: audioembed
@@ -15,7 +15,7 @@ tags:
 - audio
 - audio-embedding
 - triplet-loss
-license: apache-2.0
+license: cc-by-sa-4.0
 ---
 
 # {name}

@@ -38,13 +38,16 @@ import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from audioembed import frontend
-from audioembed.audio_io import AUDIO_EXTENSIONS
+from audioembed.audio_io import audio_files
+from audioembed.errors import AudioembedError
+from audioembed.model_folder import sha256_file
 from audioembed.outputs import atomic_write
 
 CACHE_FORMAT = 1
@@ -58,7 +61,7 @@ LABEL_SEPARATOR = ";"
 CHUNK_FRAMES = 6000
 
 
-class CacheError(ValueError):
+class CacheError(AudioembedError, ValueError):
     """A cache folder or manifest that cannot be used."""
 
 
@@ -93,7 +96,7 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
     root_dir = Path(root) if root is not None else None
     if manifest.is_dir():
         base = manifest
-        files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
+        files = audio_files(base)
         out = []
         for i, p in enumerate(files):
             key = p.relative_to(base).as_posix()
@@ -135,12 +138,7 @@ def sha256_of(path: str | os.PathLike) -> str | None:
         for p in sorted(q for q in path.rglob("*") if q.is_file()):
             h.update(f"{p.relative_to(path).as_posix()}\t{p.stat().st_size}\n".encode())
         return h.hexdigest()
-    if not path.is_file():
-        return None
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path) if path.is_file() else None
 
 
 def chunked_mel_energies(waveform) -> np.ndarray:
@@ -493,6 +491,21 @@ class FeatureCache:
             self._decode(self._file_slice(file_id, lo, hi), out[lo - start:hi - start])
         return out
 
-    def recording_files(self, rec_id: int) -> np.ndarray:
-        """File ids of a recording, in time order."""
-        return self._rec_files[rec_id]
+    @cached_property
+    def long_recording_files(self) -> np.ndarray:
+        """Files whose recording is longer than one window (temporal proximity's anchors)."""
+        return np.flatnonzero(self.lengths[self.file_recording] > frontend.WINDOW_FRAMES)
+
+    @cached_property
+    def files_by_label(self) -> dict[str, np.ndarray]:
+        """Label -> the files that carry it, in label order (explicit-label sampling)."""
+        by_label: dict[str, list[int]] = {}
+        for i, labs in enumerate(self.file_labels):
+            for lab in labs:
+                by_label.setdefault(lab, []).append(i)
+        return {k: np.array(v) for k, v in sorted(by_label.items())}
+
+    @cached_property
+    def labelled_files(self) -> np.ndarray:
+        """Files with at least one label."""
+        return np.array([i for i, labs in enumerate(self.file_labels) if labs])

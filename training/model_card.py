@@ -21,9 +21,14 @@ from pathlib import Path
 
 import click
 
+from audioembed.errors import AudioembedError
 from training.evaluation.report import load_results, render
 
 MARKERS = {"results", "training"}
+
+
+class ModelCardError(AudioembedError, ValueError):
+    """A card without its generated blocks, or a training log with nothing to summarize."""
 
 
 def _block(name: str) -> re.Pattern:
@@ -34,7 +39,7 @@ def splice(card: str, name: str, body: str) -> str:
     """Replace the body between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     pattern = _block(name)
     if not pattern.search(card):
-        raise click.ClickException(f"MODEL_CARD has no <!-- {name}:start --> ... end block")
+        raise ModelCardError(f"MODEL_CARD has no <!-- {name}:start --> ... end block")
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(3), card, count=1)
 
 
@@ -47,7 +52,7 @@ def summarize_log(log_path: str | os.PathLike, last: int = 20, up_to_step: int |
     dev = [{"step": r["step"], "triplets_seen": r["triplets_seen"], "dataset": r["dev"]["dataset"],
             "qbe_map": round(r["dev"]["qbe_map"], 4)} for r in lines if "dev" in r]
     if not rows:
-        raise click.ClickException(f"{log_path}: empty training log")
+        raise ModelCardError(f"{log_path}: empty training log")
     tail = rows[-last:]
     mean = lambda key: sum(r[key] for r in tail) / len(tail)  # noqa: E731
     counts: dict[str, int] = {}
@@ -104,6 +109,13 @@ def training_markdown(summary: dict) -> str:
 @click.option("--check", is_flag=True, help="Only compare; exit 1 if the card is stale.")
 def model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check):
     """Regenerate MODEL_CARD.md's results table and training summary."""
+    try:
+        _model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check)
+    except ModelCardError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check) -> None:
     summary_path = Path(train_summary)
     if run_log:
         summary = summarize_log(run_log, up_to_step=up_to_step)
@@ -117,7 +129,7 @@ def model_card(results_json, train_summary, run_log, up_to_step, hardware, card,
     new = splice(new, "training", training_markdown(summary))
     if check:
         if new != text:
-            raise click.ClickException(f"{card} is stale; rerun without --check")
+            raise ModelCardError(f"{card} is stale; rerun without --check")
         click.echo(f"{card} is up to date")
         return
     Path(card).write_text(new)

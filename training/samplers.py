@@ -16,7 +16,7 @@ per step, so a resumed run draws exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -28,11 +28,20 @@ T = frontend.WINDOW_FRAMES
 _MAX_TRIES = 1000
 
 
+class Window(NamedTuple):
+    """One window of a triplet: its energies, the recordings whose audio it contains (two for
+    a mixture) and the labels of its files (``None``: unknown)."""
+
+    energies: np.ndarray
+    recordings: frozenset
+    labels: frozenset | None = None
+
+
 class Triplet(NamedTuple):
     """One training triplet: energy windows plus what the batch miner needs to know.
 
     ``*_recordings`` are the recordings whose audio a window contains (two for a mixture);
-    ``*_labels`` the labels of its files (``None``: unknown).
+    ``*_labels`` the labels of its files (``None``: unknown). Build one with :meth:`of`.
     """
 
     anchor: np.ndarray
@@ -46,6 +55,13 @@ class Triplet(NamedTuple):
     anchor_labels: frozenset | None = None
     positive_labels: frozenset | None = None
     negative_labels: frozenset | None = None
+
+    @classmethod
+    def of(cls, sampler: str, minable: bool, anchor: Window, positive: Window,
+           negative: Window) -> "Triplet":
+        return cls(anchor.energies, positive.energies, negative.energies, sampler, minable,
+                   anchor.recordings, positive.recordings, negative.recordings,
+                   anchor.labels, positive.labels, negative.labels)
 
 
 def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
@@ -90,9 +106,12 @@ class TripletSampler:
     def sample(self, cache: FeatureCache, rng: np.random.Generator) -> Triplet:
         raise NotImplementedError
 
-    def _unsupervised_negative(self, cache, rng, a_rec):
-        f, rec, start = random_other(cache, rng, a_rec)
-        return cache.window(rec, start), rec, _labels(cache, f)
+    def _with_random_negative(self, cache, rng, anchor: Window, positive: Window) -> Triplet:
+        """The label-free samplers' triplet: ``anchor`` and ``positive`` (both of the anchor's
+        recording), with a random window of another recording as the negative."""
+        f, rec, start = random_other(cache, rng, min(anchor.recordings))
+        negative = Window(cache.window(rec, start), frozenset([rec]), _labels(cache, f))
+        return Triplet.of(self.name, self.minable, anchor, positive, negative)
 
 
 @dataclass
@@ -109,10 +128,8 @@ class GaussianNoise(TripletSampler):
         a = cache.window(rec, start)
         eps = rng.normal(0.0, self.sigma, size=a.shape).astype(np.float32)
         p = a * (1.0 + np.abs(eps))
-        n, n_rec, n_labels = self._unsupervised_negative(cache, rng, rec)
-        lab = _labels(cache, f)
-        return Triplet(a, p, n, self.name, True, frozenset([rec]), frozenset([rec]), frozenset([n_rec]),
-                       lab, lab, n_labels)
+        recs, lab = frozenset([rec]), _labels(cache, f)
+        return self._with_random_negative(cache, rng, Window(a, recs, lab), Window(p, recs, lab))
 
 
 def translate(x: np.ndarray, time_shift: int, freq_shift: int) -> np.ndarray:
@@ -149,10 +166,8 @@ class Translation(TripletSampler):
         t = int(rng.integers(T))
         s = int(rng.integers(-self.max_freq_shift, self.max_freq_shift + 1))
         p = translate(a, t, s)
-        n, n_rec, n_labels = self._unsupervised_negative(cache, rng, rec)
-        lab = _labels(cache, f)
-        return Triplet(a, p, n, self.name, True, frozenset([rec]), frozenset([rec]), frozenset([n_rec]),
-                       lab, lab, n_labels)
+        recs, lab = frozenset([rec]), _labels(cache, f)
+        return self._with_random_negative(cache, rng, Window(a, recs, lab), Window(p, recs, lab))
 
 
 def mix(anchor: np.ndarray, negative: np.ndarray, alpha: float) -> np.ndarray:
@@ -187,8 +202,8 @@ class ExampleMixing(TripletSampler):
         p = mix(a, n, self.alpha)
         lab, n_lab = _labels(cache, f), _labels(cache, nf)
         p_lab = (lab | n_lab) if lab is not None and n_lab is not None else None
-        return Triplet(a, p, n, self.name, False, frozenset([rec]), frozenset([rec, n_rec]),
-                       frozenset([n_rec]), lab, p_lab, n_lab)
+        return Triplet.of(self.name, self.minable, Window(a, frozenset([rec]), lab),
+                          Window(p, frozenset([rec, n_rec]), p_lab), Window(n, frozenset([n_rec]), n_lab))
 
 
 @dataclass
@@ -200,19 +215,15 @@ class TemporalProximity(TripletSampler):
 
     max_offset_frames: int = 1000
     name = "temporal_proximity"
-    _long: np.ndarray = field(default=None, init=False, repr=False)
-    _cache_id: int = field(default=None, init=False, repr=False)
 
     def _anchor(self, cache, rng):
         # Anchors come from recordings longer than one window: in a recording of one window
         # the positive could only be the anchor itself, a triplet that teaches nothing about
-        # proximity (40% of the Debian corpus's files are shorter than 0.96 s).
-        if self._cache_id != id(cache):
-            self._long = np.flatnonzero(cache.lengths[cache.file_recording] > T)
-            self._cache_id = id(cache)
-        if len(self._long) == 0:
+        # proximity (many short sound-effect files are).
+        long_files = cache.long_recording_files
+        if len(long_files) == 0:
             return random_anchor(cache, rng)
-        f = int(self._long[rng.integers(len(self._long))])
+        f = int(long_files[rng.integers(len(long_files))])
         start = int(rng.integers(_max_start(cache.file_frames[f]) + 1))
         return f, int(cache.file_recording[f]), int(cache.file_start[f]) + start
 
@@ -227,10 +238,9 @@ class TemporalProximity(TripletSampler):
                 p_start += 1
         else:
             p_start = start
-        a, p = cache.window(rec, start), cache.window(rec, p_start)
-        n, n_rec, n_labels = self._unsupervised_negative(cache, rng, rec)
-        return Triplet(a, p, n, self.name, True, frozenset([rec]), frozenset([rec]), frozenset([n_rec]),
-                       None, None, n_labels)
+        recs = frozenset([rec])
+        return self._with_random_negative(cache, rng, Window(cache.window(rec, start), recs),
+                                          Window(cache.window(rec, p_start), recs))
 
 
 @dataclass
@@ -242,43 +252,30 @@ class ExplicitLabel(TripletSampler):
     labels are disjoint from the anchor's. Windows are cut within files."""
 
     name = "explicit_label"
-    _by_label: dict = field(default=None, init=False, repr=False)
-    _labelled: np.ndarray = field(default=None, init=False, repr=False)
-    _cache_id: int = field(default=None, init=False, repr=False)
 
-    def _index(self, cache):
-        if self._cache_id != id(cache):
-            by_label: dict[str, list[int]] = {}
-            for i, labs in enumerate(cache.file_labels):
-                for lab in labs:
-                    by_label.setdefault(lab, []).append(i)
-            if not by_label:
-                raise ValueError("explicit-label sampling needs a cache with labels")
-            self._by_label = {k: np.array(v) for k, v in sorted(by_label.items())}
-            self._labelled = np.array([i for i, labs in enumerate(cache.file_labels) if labs])
-            self._cache_id = id(cache)
-
-    def _window(self, cache, rng, f):
-        return cache.file_window(f, int(rng.integers(_max_start(cache.file_frames[f]) + 1)))
+    def _window(self, cache, rng, f) -> Window:
+        start = int(rng.integers(_max_start(cache.file_frames[f]) + 1))
+        return Window(cache.file_window(f, start), frozenset([int(cache.file_recording[f])]),
+                      cache.file_labels[f])
 
     def sample(self, cache, rng):
-        self._index(cache)
-        fa = int(self._labelled[rng.integers(len(self._labelled))])
+        by_label, labelled = cache.files_by_label, cache.labelled_files
+        if not by_label:
+            raise ValueError("explicit-label sampling needs a cache with labels")
+        fa = int(labelled[rng.integers(len(labelled))])
         a_labels = cache.file_labels[fa]
         lab = sorted(a_labels)[int(rng.integers(len(a_labels)))]
-        same = self._by_label[lab]
+        same = by_label[lab]
         others = same[same != fa]
         fp = int(others[rng.integers(len(others))]) if len(others) else fa
         for _ in range(_MAX_TRIES):
-            fn = int(self._labelled[rng.integers(len(self._labelled))])
+            fn = int(labelled[rng.integers(len(labelled))])
             if not (cache.file_labels[fn] & a_labels):
                 break
         else:
             raise ValueError(f"no file shares no label with {cache.file_keys[fa]!r}")
-        rec = lambda f: frozenset([int(cache.file_recording[f])])  # noqa: E731
-        return Triplet(self._window(cache, rng, fa), self._window(cache, rng, fp),
-                       self._window(cache, rng, fn), self.name, True, rec(fa), rec(fp), rec(fn),
-                       a_labels, cache.file_labels[fp], cache.file_labels[fn])
+        return Triplet.of(self.name, self.minable, self._window(cache, rng, fa),
+                          self._window(cache, rng, fp), self._window(cache, rng, fn))
 
 
 SAMPLERS = {cls.name: cls for cls in (GaussianNoise, Translation, ExampleMixing, TemporalProximity,

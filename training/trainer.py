@@ -21,10 +21,8 @@ import json
 import os
 import queue
 import signal
-import subprocess
 import threading
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +32,12 @@ import numpy as np
 import torch
 
 from audioembed import frontend
-from audioembed.model import AudioResNet, ModelConfig
+from audioembed.model import AudioResNet
+from audioembed.model_folder import sha256_file
 from audioembed.outputs import atomic_write
 from training import distributed
+from training.checkpoint import (CHECKPOINT_NAME, RunState, git_commit, load_checkpoint,  # noqa: F401
+                                 model_from_checkpoint, resume as resume_checkpoint, save_checkpoint)
 from training.config import TrainConfig
 from training.dev_tracking import DevQbE
 from training.feature_cache import FeatureCache
@@ -46,9 +47,9 @@ from training.negatives import NegativePool
 from training.samplers import make_sampler, sample_batch
 from training.schedule import Schedule
 
-CHECKPOINT_NAME = "checkpoint.pt"
+# CHECKPOINT_NAME, load_checkpoint and model_from_checkpoint live in training.checkpoint; they
+# are imported here too because the experiments layer reaches them through the trainer.
 LOG_NAME = "train_log.jsonl"
-CHECKPOINT_FORMAT = 1
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -87,7 +88,7 @@ class StepBatches(torch.utils.data.Dataset):
                 "recordings": torch.from_numpy(b.recordings), "pool_ok": torch.from_numpy(b.pool_ok)}
 
 
-def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so sampling the next
     batch overlaps the model's step (numpy and torch release the GIL in their kernels)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -125,17 +126,13 @@ def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
 
 
 def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin: bool) -> Iterator[dict]:
-    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a prefetch thread."""
+    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread."""
     if workers > 0:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop),
                                              num_workers=workers, pin_memory=pin, prefetch_factor=4,
                                              persistent_workers=False)
         return iter(loader)
-    return prefetch((dataset[s] for s in range(start, stop)), depth=2)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
+    return read_ahead((dataset[s] for s in range(start, stop)), depth=2)
 
 
 def param_checksum(model: torch.nn.Module) -> str:
@@ -232,8 +229,6 @@ def make_pool(config: TrainConfig, device: torch.device) -> NegativePool | None:
 
 def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
     """Load ``config.init``'s weights into ``model`` (a fresh run); returns what was loaded."""
-    from audioembed.model_folder import sha256_file
-
     spec = config.init
     if spec.endswith(".pt"):
         ckpt = load_checkpoint(spec)
@@ -253,7 +248,7 @@ def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether to autocast to bf16: configured, or by default where the hardware computes it
-    natively (CUDA; CPUs with AVX512-BF16 or AMX, where it measured ~1.2-1.9x faster on ResNet-50)."""
+    natively (CUDA; CPUs with AVX512-BF16 or AMX: see the README's measurements)."""
     if config.bf16 != "auto":
         return bool(config.bf16)
     if device.type == "cuda":
@@ -261,22 +256,6 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((check and check()) or (amx and amx()))
-
-
-def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of this source tree (``+dirty`` with uncommitted changes to
-    tracked files), or None outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -293,9 +272,7 @@ def _truncate_log(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError):
             break  # a line cut short by the kill: nothing after it is trustworthy
     if len(kept) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
 
 
 def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
@@ -320,6 +297,74 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         distributed.teardown(ctx)
 
 
+class StepLog:
+    """Sums over the steps since the last log line, reduced over ranks into one JSONL record:
+    loss, active fraction, d_ap, d_an, steps and pool size, then per sampler its triplet count,
+    loss sum and active sum."""
+
+    def __init__(self, names: list[str], per_step: int, device: torch.device):
+        self.names, self.per_step = names, per_step
+        self._acc = torch.zeros(6 + 3 * len(names), device=device, dtype=torch.float64)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Rates count from now (a dev measurement is not training time)."""
+        self._t, self._steps = time.monotonic(), 0
+
+    def add(self, loss: torch.Tensor, stats: dict, batch: dict) -> None:
+        acc, n, device = self._acc, len(self.names), self._acc.device
+        acc[:6] += torch.stack([loss.detach(), stats["active"], stats["d_ap"], stats["d_an"],
+                                torch.ones((), device=device), stats["pool_size"]]).double()
+        which = batch["sampler_index"].to(device)
+        acc[6:6 + n] += batch["counts"].to(device).double()
+        acc[6 + n:6 + 2 * n].index_add_(0, which, stats["per_triplet_loss"].double())
+        acc[6 + 2 * n:].index_add_(0, which, stats["per_triplet_active"].double())
+        self._steps += 1
+
+    def record(self, ctx: distributed.DistContext, step: int, triplets_seen: int, lr: float,
+               elapsed_s: float) -> dict:
+        """The log line of the steps since the last one (every rank's); the sums restart."""
+        distributed.all_reduce_sum(self._acc, ctx)
+        now = time.monotonic()
+        vals, n = self._acc.tolist(), len(self.names)
+        k = vals[4]
+        counts = vals[6:6 + n]
+        record = {"step": step, "loss": vals[0] / k, "active": vals[1] / k,
+                  "d_ap": vals[2] / k, "d_an": vals[3] / k,
+                  "triplets_per_s": self.per_step * self._steps / max(now - self._t, 1e-9),
+                  "lr": lr,
+                  "samplers": {nm: int(c) for nm, c in zip(self.names, counts)},
+                  # Per sampler: mean loss and active fraction of its triplets.
+                  "per_sampler": {nm: {"loss": ls / c, "active": ac / c}
+                                  for nm, c, ls, ac in zip(self.names, counts, vals[6 + n:6 + 2 * n],
+                                                           vals[6 + 2 * n:]) if c},
+                  # Mean number of negatives each anchor could use (1: its own only).
+                  "pool_size": vals[5] / k,
+                  "triplets_seen": triplets_seen,
+                  "elapsed_s": round(elapsed_s, 3)}
+        self._acc.zero_()
+        self._t, self._steps = now, 0
+        return record
+
+
+def stop_reason(signal_name: str | None, triplets_seen: int, max_triplets: int | None,
+                minutes: float, max_minutes: float | None) -> str | None:
+    """Why this rank stops after the step just taken, or None to go on."""
+    if signal_name:
+        return f"signal {signal_name}"
+    if max_triplets is not None and triplets_seen >= max_triplets:
+        return "max_triplets"
+    if max_minutes is not None and minutes >= max_minutes:
+        return "max_minutes"
+    return None
+
+
+def _write_line(log_file, record: dict) -> None:
+    if log_file is not None:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+
 def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo) -> RunResult:
     started = time.monotonic()
     torch.set_num_threads(_threads(config, ctx))
@@ -339,170 +384,95 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     loss_fn = make_loss(config).to(ctx.device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(loss_fn.parameters()), lr=config.lr)
     pool = make_pool(config, ctx.device)
-    plan = Schedule.from_dict(config.schedule)
-    step, triplets_seen, elapsed = 0, 0, 0.0
-    code: list[dict] = []  # which source tree trained which steps
+    state = RunState(plan=Schedule.from_dict(config.schedule))
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
-        if ckpt["config"]["model"] != config.model.to_dict():
-            raise ValueError(f"{ckpt_path}: the checkpoint's model config {ckpt['config']['model']} "
-                             f"differs from the configured {config.model.to_dict()}")
-        if ckpt.get("world_size", 1) != ctx.world_size:
-            warnings.warn(f"resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} "
-                          "processes: the data order will differ from an uninterrupted run")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "loss_state" in ckpt:
-            loss_fn.load_state_dict(ckpt["loss_state"])
-        if pool is not None and pool.memory is not None and ckpt.get("xbm") is not None:
-            pool.memory.load_state_dict(ckpt["xbm"])
-        # The schedule's plan is the one the run started with: a resume with another budget
-        # must not reshape the curve (training.schedule).
-        if "schedule" in ckpt:
-            started_plan = Schedule.from_dict(ckpt["schedule"])
-            if started_plan != plan:
-                warnings.warn(f"the run started with schedule {started_plan.to_dict()}; it keeps "
-                              f"that plan, not the configured {plan.to_dict()}")
-            plan = started_plan
-        # The configured rate wins over the checkpoint's, so a run can be continued (or
-        # branched for tuning) at another rate; the log records the rate of every step.
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
-        step, triplets_seen, elapsed = ckpt["step"], ckpt["triplets_seen"], ckpt["elapsed_s"]
-        code = list(ckpt.get("code", []))
-        del ckpt
-    entry = {"from_step": step, "git_commit": git_commit(), "world_size": ctx.world_size}
+        state = resume_checkpoint(ckpt_path, model=model, optimizer=optimizer, loss_fn=loss_fn,
+                                  pool=pool, plan=state.plan, model_config=config.model.to_dict(),
+                                  lr=config.lr, world_size=ctx.world_size, device=ctx.device)
+    entry = {"from_step": state.step, "git_commit": git_commit(), "world_size": ctx.world_size}
     if not resume and config.init:
         entry["init"] = warm_start(model, config)
-    code.append(entry)
+    state.code.append(entry)
     ddp_model = distributed.wrap(model, ctx)
     cache = FeatureCache(config.cache)
     dataset = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, ctx.rank,
                           config.augment)
-    names = dataset.sampler_names
     workers = config.workers if config.workers >= 0 else (4 if cuda else 0)
     per_step = config.batch_size * ctx.world_size
     if ctx.is_main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     if ctx.is_main and resume:
-        _truncate_log(out / LOG_NAME, step)
+        _truncate_log(out / LOG_NAME, state.step)
     log_file = open(out / LOG_NAME, "a", encoding="utf-8") if ctx.is_main else None
     dev = None
     if ctx.is_main and config.dev:
         dev = DevQbE(config.dev["dataset"], config.dev["data_root"], config.dev["max_windows"],
                      seed=config.seed, margin=config.margin, log=echo)
-    provenance = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
+    data = {"manifest_sha256": cache.meta.get("manifest_sha256"), "manifest": cache.meta.get("manifest")}
 
-    def checkpoint() -> Path | None:
-        if not ctx.is_main:
-            return None
-        _atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "step": step,
-                            "triplets_seen": triplets_seen,
-                            "elapsed_s": elapsed + time.monotonic() - started,
-                            "config": config.to_dict(), "world_size": ctx.world_size,
-                            "data": provenance, "code": code, "schedule": plan.to_dict(),
-                            "loss_state": loss_fn.state_dict(),
-                            "xbm": pool.memory.state_dict() if pool is not None and pool.memory else None},
-                           ckpt_path)
-        return ckpt_path
+    def elapsed_s() -> float:
+        return state.elapsed_s + time.monotonic() - started
 
-    # Sums since the last log line: loss, active, d_ap, d_an, steps, pool size, then per
-    # sampler: triplet counts, loss sums, active sums.
-    n_s = len(names)
-    acc = torch.zeros(6 + 3 * n_s, device=ctx.device, dtype=torch.float64)
-    t_log, steps_since = time.monotonic(), 0
-    reason = "steps"
-    saved_step = None
-    ddp_model.train()
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
-        else nullcontext()
-    measured = [None]
+    def checkpoint() -> None:
+        state.saved_step = state.step
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, loss_fn=loss_fn, pool=pool,
+                            state=state, elapsed_s=elapsed_s(), config=config.to_dict(),
+                            world_size=ctx.world_size, data=data)
 
     def measure_dev() -> None:
         # Only the main process measures; the others wait at the barrier, so every rank
         # resumes stepping together.
-        measured[0] = step
+        state.measured_step = state.step
         if dev is not None:
-            record = {"step": step, "triplets_seen": triplets_seen,
+            record = {"step": state.step, "triplets_seen": state.triplets_seen,
                       "dev": dev(model, ctx.device, autocast)}
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+            _write_line(log_file, record)
             d = record["dev"]
-            echo(f"step {step}: dev QbE mAP {d['qbe_map']:.4f} ({d['dataset']})"
+            echo(f"step {state.step}: dev QbE mAP {d['qbe_map']:.4f} ({d['dataset']})"
                  + (f", labelled-triplet loss {d['triplet_loss']:.4f}, active {d['active']:.3f}"
                     if "triplet_loss" in d else ""))
         distributed.barrier(ctx)
 
+    step_log = StepLog(dataset.sampler_names, per_step, ctx.device)
+    reason = "steps"
+    ddp_model.train()
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
+        else nullcontext()
     dev_every = config.dev["every"] if config.dev else 0
     with _StopSignals() as signals:
-        if dev_every and step == 0:
+        if dev_every and state.step == 0:
             measure_dev()
-        batches = batch_stream(dataset, step, config.steps, workers, pin=cuda)
-        if max_triplets is not None and triplets_seen >= max_triplets:
+        batches = batch_stream(dataset, state.step, config.steps, workers, pin=cuda)
+        if max_triplets is not None and state.triplets_seen >= max_triplets:
             reason = "max_triplets"  # already spent by the run being resumed
-        while step < config.steps and reason == "steps":
+        while state.step < config.steps and reason == "steps":
             batch = next(batches)
-            lr = config.lr * plan.factor(triplets_seen)
+            lr = config.lr * state.plan.factor(state.triplets_seen)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
             if pool is not None:
-                pool.update(loss_fn.last_pool, step)
-            step += 1
-            triplets_seen += per_step
-            steps_since += 1
-            acc[:6] += torch.stack([loss.detach(), stats["active"], stats["d_ap"], stats["d_an"],
-                                    torch.ones((), device=ctx.device), stats["pool_size"]]).double()
-            which = batch["sampler_index"].to(ctx.device)
-            acc[6:6 + n_s] += batch["counts"].to(ctx.device).double()
-            acc[6 + n_s:6 + 2 * n_s].index_add_(0, which, stats["per_triplet_loss"].double())
-            acc[6 + 2 * n_s:].index_add_(0, which, stats["per_triplet_active"].double())
-            if step % config.log_every == 0 or step == config.steps:
-                distributed.all_reduce_sum(acc, ctx)
-                now = time.monotonic()
-                vals = acc.tolist()
-                k = vals[4]
-                counts = vals[6:6 + n_s]
-                record = {"step": step, "loss": vals[0] / k, "active": vals[1] / k,
-                          "d_ap": vals[2] / k, "d_an": vals[3] / k,
-                          "triplets_per_s": per_step * steps_since / max(now - t_log, 1e-9),
-                          "lr": optimizer.param_groups[0]["lr"],
-                          "samplers": {nm: int(c) for nm, c in zip(names, counts)},
-                          # Per sampler: mean loss and active fraction of its triplets.
-                          "per_sampler": {nm: {"loss": ls / c, "active": ac / c}
-                                          for nm, c, ls, ac in zip(names, counts, vals[6 + n_s:6 + 2 * n_s],
-                                                                   vals[6 + 2 * n_s:]) if c},
-                          # Mean number of negatives each anchor could use (1: its own only).
-                          "pool_size": vals[5] / k,
-                          "triplets_seen": triplets_seen,
-                          "elapsed_s": round(elapsed + now - started, 3)}
-                if log_file is not None:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                acc.zero_()
-                t_log, steps_since = now, 0
-            stop = None
-            if signals.received:
-                stop = f"signal {signals.received}"
-            elif max_triplets is not None and triplets_seen >= max_triplets:
-                stop = "max_triplets"
-            elif max_minutes is not None and time.monotonic() - started >= 60.0 * max_minutes:
-                stop = "max_minutes"
+                pool.update(loss_fn.last_pool, state.step)
+            state.step += 1
+            state.triplets_seen += per_step
+            step_log.add(loss, stats, batch)
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
+                                                      optimizer.param_groups[0]["lr"], elapsed_s()))
+            stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
+                               (time.monotonic() - started) / 60.0, max_minutes)
             if distributed.any_rank(stop is not None, ctx):
                 reason = stop or "another rank stopped"
                 break
-            if step % config.checkpoint_every == 0:
+            if state.step % config.checkpoint_every == 0:
                 checkpoint()
-                saved_step = step
-            if dev_every and step % dev_every == 0:
+            if dev_every and state.step % dev_every == 0:
                 measure_dev()
-                t_log = time.monotonic()  # the measurement is not training time
-        if saved_step != step:
+                step_log.restart_clock()
+        if state.saved_step != state.step:
             checkpoint()
-        if dev_every and measured[0] != step:
+        if dev_every and state.measured_step != state.step:
             measure_dev()  # the state the run stops in, whatever stopped it
     if log_file is not None:
         log_file.close()
@@ -511,20 +481,6 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         (out / f"params.rank{ctx.rank}.sha256").write_text(param_checksum(model) + "\n")
     distributed.barrier(ctx)
     if ctx.is_main:
-        echo(f"stopped at step {step} ({triplets_seen} triplets): {reason}; checkpoint {ckpt_path}")
-    return RunResult(step, triplets_seen, reason, ckpt_path if ctx.is_main else None)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint as a dict (weights on CPU), checked for the fields export needs."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"model", "step", "triplets_seen", "config"} - set(ckpt)
-    if missing:
-        raise ValueError(f"{path}: not a training checkpoint (missing {sorted(missing)})")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> AudioResNet:
-    model = AudioResNet(ModelConfig.from_dict(ckpt["config"]["model"]))
-    model.load_state_dict(ckpt["model"])
-    return model
+        echo(f"stopped at step {state.step} ({state.triplets_seen} triplets): {reason}; "
+             f"checkpoint {ckpt_path}")
+    return RunResult(state.step, state.triplets_seen, reason, ckpt_path if ctx.is_main else None)

@@ -1,7 +1,7 @@
 """Readers for the archive formats some Debian packages hide their audio in.
 
 Three kinds occur in the corpus manifests (see the recipe's README in
-``/work/shared/corpus``):
+``training/recipes/debian``):
 
 * zip (0ad ``public.zip``, warzone2100 ``.wz``, ufoai/nexuiz ``.pk3``),
 * Qt binary resources (gcompris-qt ``<activity>.rcc``),
@@ -15,27 +15,19 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from audioembed.errors import AudioembedError
+from audioembed.outputs import atomic_create, atomic_write
+
 ZIP, RCC, CAT = "zip", "rcc", "cat"
 _COPY_CHUNK = 1 << 20
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates 0600 files; the corpus should get the usual mode for new files.
-_FILE_MODE = 0o666 & ~_current_umask()
-
-
-class ContainerError(Exception):
+class ContainerError(AudioembedError):
     """A container is malformed or uses a feature this module does not read."""
 
 
@@ -43,38 +35,14 @@ class ContainerError(Exception):
 READ_ERRORS = (ContainerError, zipfile.BadZipFile, zlib.error, struct.error, UnicodeDecodeError, OSError)
 
 
-# --------------------------------------------------------------------------- atomic writes
-def _temp_beside(dest: Path) -> tuple[int, str]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file lives in the destination directory so the final rename never
-    # crosses a filesystem and readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.fchmod(fd, _FILE_MODE)
-    return fd, tmp
-
-
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
     """Write ``data`` to ``dest`` via a temporary file and a rename."""
-    fd, tmp = _temp_beside(dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        _discard(tmp)
-        raise
+    atomic_write(dest, lambda f: f.write(data))
 
 
 def write_stream_atomic(dest: Path, src) -> None:
     """Copy the binary file object ``src`` to ``dest`` via a temporary file and a rename."""
-    fd, tmp = _temp_beside(dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(src, f, _COPY_CHUNK)
-        os.replace(tmp, dest)
-    except BaseException:
-        _discard(tmp)
-        raise
+    atomic_write(dest, lambda f: shutil.copyfileobj(src, f, _COPY_CHUNK))
 
 
 def copy_file_atomic(src: Path, dest: Path) -> None:
@@ -83,29 +51,14 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
     A hard link costs no I/O, and the data survives the later deletion of the
     staging tree ``src`` lives in.
     """
-    fd, tmp = _temp_beside(dest)
-    os.close(fd)
     try:
-        os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            # Different filesystem or links not supported: fall back to copying.
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        _discard(tmp)
-        raise
+        atomic_create(dest, lambda tmp: os.link(src, tmp))
+    except OSError:
+        # Different filesystem or links not supported: fall back to copying.
+        with open(src, "rb") as f:
+            write_stream_atomic(dest, f)
 
 
-def _discard(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass  # never created or already renamed: nothing to clean up
-
-
-# --------------------------------------------------------------------------- detection
 def detect_kind(path: Path) -> str | None:
     """Return ``"zip"``, ``"rcc"`` or ``"cat"`` from the file's magic bytes and name."""
     with open(path, "rb") as f:
@@ -130,7 +83,6 @@ def extract_members(kind: str, archive: Path, members: Mapping[str, Path]) -> se
     return readers[kind](archive, members)
 
 
-# --------------------------------------------------------------------------- zip
 def zip_extract(archive: Path, members: Mapping[str, Path]) -> set[str]:
     """Stream the listed members out of a zip archive (never the whole archive)."""
     missing = set()
@@ -145,7 +97,6 @@ def zip_extract(archive: Path, members: Mapping[str, Path]) -> set[str]:
     return missing
 
 
-# --------------------------------------------------------------------------- Qt .rcc
 _RCC_COMPRESSED_ZLIB = 0x01
 _RCC_DIRECTORY = 0x02
 _RCC_COMPRESSED_ZSTD = 0x04
@@ -221,7 +172,6 @@ def rcc_extract(archive: Path, members: Mapping[str, Path]) -> set[str]:
     return missing
 
 
-# --------------------------------------------------------------------------- OpenTTD .cat
 def cat_member_name(index: int, title: str) -> str:
     """The file name the corpus manifests use for item ``index`` titled ``title``.
 

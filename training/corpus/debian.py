@@ -28,19 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping
 
+from audioembed.errors import AudioembedError
 from training.corpus import containers
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "debian"
 DEFAULT_OUT = "~/.cache/audioembed/corpus/debian"
 UNPACKED = "_unpacked"
 SPLITS = ("unlabeled", "labeled")
-# The container kinds this builder reads; the report lists any it had to skip.
+# The container kinds this builder reads (the report lists them).
 SUPPORTED_CONTAINERS = (containers.ZIP, containers.RCC, containers.CAT)
 _VERIFY_FRAMES = 4096
 _VERIFY_CHUNK = 256
 
 
-class CorpusError(Exception):
+class CorpusError(AudioembedError):
     """A problem with one package (download, extraction) or with the build itself."""
 
 
@@ -64,7 +65,6 @@ class Entry:
     label: str = ""
 
 
-# --------------------------------------------------------------------------- manifests
 def load_pins(recipe_dir: Path = RECIPE_DIR) -> list[Pin]:
     """Read ``packages.txt`` (``name=version`` lines) and the sizes in ``deb_versions.csv``."""
     sizes = {}
@@ -109,7 +109,6 @@ def split_container_path(path: str) -> tuple[str | None, str]:
     return None, path
 
 
-# --------------------------------------------------------------------------- placement
 def locate(root: Path, relpath: str, max_links: int = 40) -> Path | None:
     """Resolve ``relpath`` inside an extracted package tree ``root``.
 
@@ -222,7 +221,6 @@ def _place_members(staging: Path, container: str, members: dict[str, Path], resu
         result.missing[prefix + member] = reason
 
 
-# --------------------------------------------------------------------------- done markers
 def marker_path(out: Path, package: str) -> Path:
     """Where the done-marker of ``package`` lives."""
     return out / ".done" / package
@@ -249,7 +247,6 @@ def write_marker(out: Path, pin: Pin, placement: Placement) -> None:
     containers.write_bytes_atomic(marker_path(out, pin.name), json.dumps(info, indent=1).encode())
 
 
-# --------------------------------------------------------------------------- apt / dpkg
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -327,7 +324,6 @@ def apt_fetch(pin: Pin, out: Path, staging: Path, keep_debs: bool, log: Callable
     return {"deb_bytes": size, "download_s": None if had_deb else round(seconds, 2)}
 
 
-# --------------------------------------------------------------------------- one package
 def build_package(
     pin: Pin,
     paths: list[str],
@@ -380,7 +376,6 @@ def _build_package_job(pin: Pin, paths: list[str], out: Path, keep_debs: bool) -
     return build_package(pin, paths, out, keep_debs, log=_log_flush)
 
 
-# --------------------------------------------------------------------------- verification
 def verify_file(path: Path) -> tuple[str | None, float | None]:
     """Check that ``path`` decodes with soundfile: ``(error or None, duration_s)``.
 
@@ -419,7 +414,6 @@ def verify_files(paths: list[Path], jobs: int) -> dict[str, tuple[str | None, fl
     return results
 
 
-# --------------------------------------------------------------------------- report
 def summarise(out: Path, pins: list[Pin], entries: list[Entry], results: Mapping[str, dict],
               verified: Mapping[str, tuple[str | None, float | None]] | None) -> dict:
     """Build the report from what is on disk now (so it is right after a resume too)."""
@@ -467,7 +461,6 @@ def summarise(out: Path, pins: list[Pin], entries: list[Entry], results: Mapping
         "totals": totals,
         "verified": verified is not None,
         "container_kinds_read": list(SUPPORTED_CONTAINERS),
-        "dropped_container_kinds": [],
         "missing": missing,
         "undecodable": undecodable,
         "duration_mismatch": duration_off,
@@ -484,8 +477,7 @@ def format_summary(report: dict) -> str:
     for split, t in report["totals"].items():
         lines.append(f"{split}: {t['files_found']}/{t['files_listed']} files, "
                      f"{t['hours_found']:.2f}/{t['hours_listed']:.2f} h")
-    dropped = ", ".join(report["dropped_container_kinds"]) or "none"
-    lines.append(f"containers read: {', '.join(report['container_kinds_read'])}; dropped: {dropped}")
+    lines.append(f"containers read: {', '.join(report['container_kinds_read'])}")
     verify = f"{len(report['undecodable'])} undecodable" if report["verified"] else "not verified"
     lines.append(f"missing: {len(report['missing'])} files; {verify}; "
                  f"{len(report['duration_mismatch'])} with a duration unlike the manifest")
@@ -495,7 +487,6 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- the build
 def select_pins(pins: list[Pin], names: Iterable[str] | None) -> list[Pin]:
     """Restrict ``pins`` to ``names`` (all when None); unknown names are an error."""
     if names is None:
@@ -575,8 +566,9 @@ def _build_all(todo: list[Pin], paths: Mapping[str, list[str]], out: Path, keep_
             results[pin.name] = res
             fetched += res.get("deb_bytes", 0)
             rate = fetched / 1e6 / max(time.monotonic() - t0, 1e-3)
+            missing = f", {len(res['missing'])} missing" if res.get("missing") else ""
+            error = f", {res['error']}" if res.get("error") else ""
             log(f"[{k}/{len(todo)}] {pin.name}: {res['status']}, {res.get('placed', 0)} files"
-                f"{', %d missing' % len(res['missing']) if res.get('missing') else ''}"
-                f"{', ' + res['error'] if res.get('error') else ''} "
+                f"{missing}{error} "
                 f"({res.get('seconds', 0)} s; {rate:.1f} MB/s of .deb overall)")
     return results

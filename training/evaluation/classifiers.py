@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -33,27 +33,9 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from training.evaluation.metrics import classifier_scores, segment_means
+from training.evaluation.settings import HIDDEN_UNITS, MLPConfig  # noqa: F401 (API)
 
-HIDDEN_UNITS = 512
 N_SPLITS = 5
-
-
-@dataclass
-class MLPConfig:
-    hidden_layers: int = 1
-    hidden_units: int = HIDDEN_UNITS
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
-    patience: int = 10
-    max_windows: int | None = 10
-    steps: int | None = None  # a fixed number of gradient steps instead of ``epochs``
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Standardize(torch.nn.Module):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from training.evaluation.settings import EvalSettings
+
 DATASET_HELP = ("fsdd, fsdd-speaker, debian-sfx, debian-sfx-eval / debian-sfx-topline-train (the "
                 "package-disjoint paper-tables parts), esc50 (with --data-root), an ESC-50 folder, an "
                 "AudioSet segments CSV (audio named YTID_START.wav, YTID_START.flac or YTID.wav "
@@ -45,13 +47,13 @@ def _write(path: str, text: str) -> None:
               show_default=True, help="Where window embeddings are cached.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the embedding cache.")
 @click.option("--no-classifiers", is_flag=True, help="Only query-by-example retrieval (fast).")
-@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=EvalSettings.epochs, show_default=True,
               help="Most classifier epochs (early stopping on an inner validation split).")
-@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--patience", type=click.IntRange(min=1), default=EvalSettings.patience, show_default=True,
               help="Epochs without a lower validation loss before a classifier stops.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="CPU threads for torch and BLAS; 0 = their defaults (all cores).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=EvalSettings.seed, show_default=True)
 def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
              batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, threads, seed):
     """Evaluate MODEL on DATASET: QbE retrieval mAP, shallow-classifier mAP, light supervision.
@@ -74,7 +76,7 @@ def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_js
 def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
               batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed):
     from training.evaluation.report import ReportError, load_results, render
-    from training.evaluation.run import EvalSettings, EvaluationError, evaluate_model, summary_lines
+    from training.evaluation.run import EvaluationError, evaluate_model, summary_lines
 
     try:
         baselines = [load_results(baseline_json)] if baseline_json else []

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audioembed.audio_io import AUDIO_EXTENSIONS
+from audioembed.audio_io import audio_files
+from audioembed.errors import AudioembedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_ROOT = REPO_ROOT.parent / "shared"
@@ -46,7 +47,7 @@ ESC50_URL = "https://github.com/karolpiczak/ESC-50"
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
 
-class DatasetError(ValueError):
+class DatasetError(AudioembedError, ValueError):
     """A dataset that cannot be loaded; the message says what is wrong and how to fix it."""
 
 
@@ -294,11 +295,8 @@ def is_audioset_csv(path: str | os.PathLike) -> bool:
 def _audio_index(folder: Path) -> dict[str, str]:
     """File stem -> path for the audio files under ``folder`` (recursive)."""
     index = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            stem, ext = os.path.splitext(name)
-            if ext.lower().lstrip(".") in AUDIO_EXTENSIONS:
-                index.setdefault(stem, os.path.join(dirpath, name))
+    for path in audio_files(folder):
+        index.setdefault(path.stem, str(path))
     return index
 
 

@@ -1,7 +1,7 @@
 """Window embeddings of a dataset, from a model or the log-mel baseline, cached as ``.npz``.
 
 ``logmel`` is the paper's baseline: each 96x64 log-mel window flattened to 6144 dimensions.
-Any other model name goes to ``audioembed.api.resolve_model`` (registry name, folder,
+Any other model name goes to ``audioembed.loading.cached_model`` (registry name, folder,
 ``hf-hub:...``); windows of consecutive files share forward batches (``iter_embeddings``).
 
 The cache key is the model's weights (sha256, or ``logmel`` plus the frontend config), the
@@ -23,8 +23,8 @@ import numpy as np
 
 from audioembed import frontend
 from audioembed.outputs import atomic_write
-from audioembed.api import (DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features,
-                            resolve_model)
+from audioembed.api import DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features
+from audioembed.loading import cached_model
 
 from training.evaluation.datasets import LabeledDataset
 
@@ -69,16 +69,16 @@ def model_descriptor(model: str, device: str | None = None) -> tuple[dict, objec
     if model == LOGMEL:
         return {"name": LOGMEL, "sha256": None, "source": "log-mel baseline (paper 4.3)",
                 "dim": frontend.WINDOW_FRAMES * frontend.N_MELS}, None
-    net = resolve_model(model, device)
+    net = cached_model(model, device)
     info = getattr(net, "info", {}) or {}
     return {"name": model, "sha256": info.get("sha256"), "source": info.get("source", model),
             "dim": int(net.config.embedding_dim)}, net
 
 
-def cache_path(cache_dir: Path, model: dict, dataset: LabeledDataset, hop: float) -> Path:
+def cache_path(cache_dir: Path, model: dict, dataset: LabeledDataset, hop_seconds: float) -> Path:
     weights = model["sha256"] or json.dumps(frontend.config(), sort_keys=True)
     key = json.dumps({"format": CACHE_FORMAT, "model": model["name"] if not model["sha256"] else None,
-                      "weights": weights, "data": dataset.fingerprint(), "hop": hop}, sort_keys=True)
+                      "weights": weights, "data": dataset.fingerprint(), "hop": hop_seconds}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     tag = LOGMEL if model["name"] == LOGMEL else (model["sha256"] or "model")[:12]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
@@ -113,8 +113,8 @@ def _window_rows(items: Iterable, net, batch_size: int) -> Iterable[tuple[int, o
             yield res.index, res.error if res.error is not None else res.window_embeddings
 
 
-def extract(dataset: LabeledDataset, model: str, *, device: str | None = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, hop: float = frontend.DEFAULT_HOP_SECONDS,
+def embed_dataset(dataset: LabeledDataset, model: str, *, device: str | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE, hop_seconds: float = frontend.DEFAULT_HOP_SECONDS,
             cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
             log: Callable[[str], None] = _stderr) -> WindowEmbeddings:
     """Window embeddings of every segment (unreadable files are dropped and listed in ``errors``).
@@ -122,7 +122,7 @@ def extract(dataset: LabeledDataset, model: str, *, device: str | None = None,
     ``cache_dir=None`` disables the cache (neither read nor written).
     """
     desc, net = model_descriptor(model, device)
-    path = cache_path(Path(cache_dir), desc, dataset, hop) if cache_dir is not None else None
+    path = cache_path(Path(cache_dir), desc, dataset, hop_seconds) if cache_dir is not None else None
     if path is not None and path.is_file():
         we = _load(path, len(dataset))
         if we is not None:
@@ -131,7 +131,7 @@ def extract(dataset: LabeledDataset, model: str, *, device: str | None = None,
             return we
     parts, seg_ids, kept, errors = [], [], np.zeros(len(dataset), bool), []
     progress = Progress(len(dataset), f"embedding ({model})", log)
-    items = iter_features(dataset.paths, None, hop)
+    items = iter_features(dataset.paths, None, hop_seconds)
     for done, (index, rows) in enumerate(_window_rows(items, net, batch_size), 1):
         if isinstance(rows, Exception):
             errors.append(str(rows))
@@ -152,3 +152,7 @@ def extract(dataset: LabeledDataset, model: str, *, device: str | None = None,
         _save(path, we)
         log(f"cached window embeddings in {path}")
     return we
+
+
+# The experiments layer (training/experiments/figures.py) imports it by its former name.
+extract = embed_dataset

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from audioembed.errors import AudioembedError
 from training.evaluation.features import LOGMEL
 from training.evaluation.run import LAYERS, RESULTS_SCHEMA
 
@@ -21,7 +22,7 @@ HEADER = ["Representation", "Dataset", "Dim", "QbE mAP", "QbE recovery",
           "Accuracy (1 / 2 layers)", "Light supervision mAP (1 / 2 layers)"]
 
 
-class ReportError(ValueError):
+class ReportError(AudioembedError, ValueError):
     """A results file that cannot be tabulated."""
 
 

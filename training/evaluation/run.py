@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -12,43 +12,15 @@ import torch
 
 from audioembed import __version__ as audioembed_version
 from audioembed import frontend
+from audioembed.errors import AudioembedError
 from training.evaluation import classifiers as clf
 from training.evaluation.datasets import DatasetError, LabeledDataset, load_dataset
-from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, extract
+from training.evaluation.features import DEFAULT_CACHE_DIR, WindowEmbeddings, embed_dataset
 from training.evaluation.metrics import qbe_map, segment_means
+from training.evaluation.settings import EvalSettings
 
 RESULTS_SCHEMA = "audioembed-eval/1"
 LAYERS = (1, 2)
-
-
-@dataclass
-class EvalSettings:
-    seed: int = 0
-    qbe_max_per_class: int = 100
-    qbe_draws: int = 5
-    classifiers: bool = True
-    epochs: int = 50
-    # 3 stopped some folds at a validation-loss dip in epoch 1-2 (debian-sfx, first release:
-    # 2-layer fold mAP 0.084 at patience 3, 0.235 at 10, with a later, lower minimum).
-    patience: int = 10
-    val_fraction: float = 0.1
-    batch_size: int = 256
-    lr: float = 1e-3
-    light_per_class: int = 20
-    light_trials: int = 3
-    light_steps: int = 300
-    light_batch_size: int = 32
-    max_windows: int = 10
-
-    def mlp(self, layers: int) -> clf.MLPConfig:
-        return clf.MLPConfig(hidden_layers=layers, epochs=self.epochs, batch_size=self.batch_size,
-                             lr=self.lr, val_fraction=self.val_fraction, patience=self.patience,
-                             max_windows=self.max_windows, seed=self.seed)
-
-    def light_mlp(self, layers: int) -> clf.MLPConfig:
-        return clf.MLPConfig(hidden_layers=layers, steps=self.light_steps,
-                             batch_size=self.light_batch_size, lr=self.lr, val_fraction=0.0,
-                             max_windows=self.max_windows, seed=self.seed)
 
 
 def _stderr(msg: str) -> None:
@@ -107,7 +79,7 @@ def evaluate_embeddings(dataset: LabeledDataset, we: WindowEmbeddings, settings:
     return results
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AudioembedError, ValueError):
     """An evaluation that cannot run: the dataset, the model or the protocol; the message says which."""
 
 
@@ -124,7 +96,7 @@ def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettin
         raise EvaluationError(str(exc)) from exc
     log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
     try:
-        we = extract(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
+        we = embed_dataset(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
     except (ValueError, RuntimeError, OSError) as exc:
         raise EvaluationError(f"cannot embed {ds.name} with {model}: {exc}") from exc
     t_embed = time.perf_counter() - t0
@@ -143,7 +115,7 @@ def classifier_data(model: str, dataset: str, settings: EvalSettings = EvalSetti
     exactly as :func:`evaluate_model` builds them: for protocols beyond the standard ones (e.g.
     light supervision with other classifier sizes)."""
     ds = load_dataset(dataset, data_root)
-    we = extract(ds, model, cache_dir=cache_dir, log=log)
+    we = embed_dataset(ds, model, cache_dir=cache_dir, log=log)
     return _window_data(ds.subset(we.kept), we, settings.seed)
 
 

@@ -1,0 +1,268 @@
+"""Resampling to 16 kHz with torchaudio's filter, block by block and to the bit.
+
+torchaudio's ``resample`` is a polyphase FIR (one filter phase per output sample, a stride of
+``orig`` input samples per ``new`` outputs). Every output group reads ``2 * width + orig``
+input samples; :class:`BlockResampler` keeps the ones the next group needs, with torchaudio's
+zero padding at both ends of the signal, so a signal fed in blocks gives the samples the
+whole-signal call gives. :class:`PhaseResampler` computes the same filter in bounded memory
+for rates whose dense filter would be huge. :func:`resample` is one block of either.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from audioembed import frontend
+from audioembed.errors import AudioError
+
+# Output samples the resampler computes per matrix product. See BlockResampler.
+RESAMPLE_TILE = 8192
+
+# torchaudio's filter bank is a dense (new, 2 * width + orig) matrix for the rate ratio
+# orig / new reduced by their gcd: a few hundred thousand numbers for the usual rates (11025 Hz,
+# the largest, 640 x 455), but for rates that share few factors with 16 kHz it is enormous
+# (16001 Hz: 16000 x 16014, a GB in float32, and as much again to build it). Above this many
+# elements the phase-table resampler below computes the same filter with bounded memory.
+MAX_DENSE_KERNEL = 1 << 20
+
+# Taps times outputs per product in the phase-table resampler: a few MB of transient buffers.
+PHASE_TILE_ELEMENTS = 1 << 20
+
+
+def _reduced(sr: int) -> tuple[int, int]:
+    g = math.gcd(sr, frontend.SAMPLE_RATE)
+    return sr // g, frontend.SAMPLE_RATE // g
+
+
+def _kernel_width(orig: int, new: int) -> int:
+    """torchaudio's ``width``: input samples each side of an output that its filter reaches."""
+    base = min(orig, new) * frontend.RESAMPLE_ROLLOFF
+    return math.ceil(frontend.RESAMPLE_LOWPASS_FILTER_WIDTH * orig / base)
+
+
+def uses_dense_kernel(sr: int) -> bool:
+    """Whether ``sr`` is resampled with torchaudio's own filter matrix (all the usual rates)."""
+    orig, new = _reduced(sr)
+    return new * (2 * _kernel_width(orig, new) + orig) <= MAX_DENSE_KERNEL
+
+
+@lru_cache(maxsize=8)
+def _resample_kernel(sr: int) -> tuple[torch.Tensor, int]:
+    """torchaudio's filter bank for ``sr``, as a ``(taps, new)`` matrix, and its ``width``.
+
+    Computed by the function ``torchaudio.functional.resample`` calls, with the dtype it passes
+    (that of a float32 waveform), so the filter is torchaudio's to the bit.
+    """
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    g = math.gcd(sr, frontend.SAMPLE_RATE)
+    kernel, width = _get_sinc_resample_kernel(
+        sr, frontend.SAMPLE_RATE, g, frontend.RESAMPLE_LOWPASS_FILTER_WIDTH,
+        frontend.RESAMPLE_ROLLOFF, frontend.RESAMPLE_METHOD, None, torch.device("cpu"),
+        torch.float32)
+    return kernel[:, 0, :].T.contiguous(), width
+
+
+@lru_cache(maxsize=4)
+def _phase_table(sr: int) -> tuple[torch.Tensor, int]:
+    """torchaudio's filter for ``sr`` cut down to the taps each output phase reaches.
+
+    Output ``j = p * new + i`` (phase ``i``) is centred at input ``j * orig / new``; only the
+    ``2 * width + 1`` inputs from ``p * orig + (i * orig) // new - width`` on lie within the
+    filter's ``lowpass_filter_width`` zero crossings (torchaudio's other taps are clamped to its
+    window's zero, ~1e-40). Row ``i`` holds their weights, from torchaudio's formula evaluated
+    in float64: ``(new, 2 * width + 1)``, at most 16000 rows of ~300 taps (384 kHz) or ~600
+    (768 kHz).
+    """
+    orig, new = _reduced(sr)
+    width = _kernel_width(orig, new)
+    lowpass = frontend.RESAMPLE_LOWPASS_FILTER_WIDTH
+    base = min(orig, new) * frontend.RESAMPLE_ROLLOFF
+    i = np.arange(new, dtype=np.int64)[:, None]
+    rel = (i * orig) // new - width + np.arange(2 * width + 1, dtype=np.int64)[None, :]
+    # The distance in output periods, from exact integers: j/new and m/orig share no rounding.
+    t = (rel * new - i * orig).astype(np.float64) / (orig * new) * base
+    np.clip(t, -lowpass, lowpass, out=t)
+    window = np.cos(t * math.pi / lowpass / 2) ** 2
+    t *= math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sinc = np.where(t == 0, 1.0, np.sin(t) / t)
+    return torch.from_numpy((sinc * window * (base / orig)).astype(np.float32)), width
+
+
+class BlockResampler:
+    """``torchaudio.functional.resample(x, sr, SAMPLE_RATE)`` of a signal fed in blocks.
+
+    torchaudio pads the signal with ``width`` zeros on the left and ``width + orig`` on the
+    right, and computes output group ``p`` (samples ``p*new .. p*new + new - 1``) from padded
+    input ``p*orig .. p*orig + taps - 1``. The same products are computed here, in tiles of a
+    fixed number of groups aligned to the start of the signal: every tile is one matrix product
+    of the same shape, so each output sample is the same float32 number however the signal was
+    cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
+    length, rounds differently for different lengths: by ~1e-7, which the log of a near-silent
+    mel band can magnify past 1e-5.) :func:`resample` is this class on one block.
+
+    Only for rates where :func:`uses_dense_kernel`; :func:`make_resampler` picks the class.
+    """
+
+    def __init__(self, sr: int):
+        sr = check_rate(sr)
+        self.orig, self.new = _reduced(sr)
+        self.identity = sr == frontend.SAMPLE_RATE
+        if not self.identity:
+            self.kernel, width = _resample_kernel(sr)
+            self._buf = torch.zeros(width)
+            self._right_pad = width + self.orig
+            self._tile = max(1, RESAMPLE_TILE // self.new)  # groups per product
+        self._n_in = 0
+        self._n_out = 0
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        """Output samples that ``x`` (the next input samples) completes."""
+        self._n_in += x.shape[-1]
+        if self.identity:
+            return x
+        self._buf = torch.cat([self._buf, x])
+        return self._run(final=False)
+
+    def finish(self) -> torch.Tensor:
+        """The remaining output samples, up to the length the whole-signal call gives."""
+        if self.identity:
+            return torch.zeros(0)
+        self._buf = torch.cat([self._buf, torch.zeros(self._right_pad)])
+        out = self._run(final=True)
+        # torchaudio's length, computed as it does: a float32 ceil, which for long signals can
+        # differ by one sample from the exact ceil(new * n / orig).
+        target = int(torch.ceil(torch.as_tensor(self.new * self._n_in / self.orig)))
+        keep = max(0, target - (self._n_out - out.shape[0]))
+        self._n_out += keep - out.shape[0]
+        return out[:keep]
+
+    def _run(self, final: bool) -> torch.Tensor:
+        taps, step = self.kernel.shape[0], self.orig
+        groups = max(0, (self._buf.shape[0] - taps) // step + 1)
+        tiles = -(-groups // self._tile) if final else groups // self._tile
+        if tiles == 0:
+            return torch.zeros(0)
+        span = (tiles * self._tile - 1) * step + taps
+        if span > self._buf.shape[0]:  # the last tile of the signal: zeros past the padding
+            self._buf = torch.cat([self._buf, torch.zeros(span - self._buf.shape[0])])
+        outs = []
+        with frontend.single_threaded():
+            for t in range(tiles):
+                # A fresh contiguous (tile, taps) matrix: the same shape, layout and alignment
+                # for every tile, so the product rounds the same way wherever the tile lies.
+                rows = self._buf[t * self._tile * step:].as_strided((self._tile, taps), (step, 1))
+                outs.append((rows.contiguous() @ self.kernel).reshape(-1))
+        self._buf = self._buf[tiles * self._tile * step:]
+        out = torch.cat(outs)
+        if final:
+            out = out[:groups * self.new]
+        self._n_out += out.shape[0]
+        return out
+
+
+class PhaseResampler:
+    """The resampler for rates whose reduced ratio to 16 kHz is large (16001 Hz, 48001 Hz, ...).
+
+    Each output sample is the dot product of its ``2 * width + 1`` nearest inputs with its
+    phase's row of :func:`_phase_table`: memory is bounded by the table (<= 16000 rows) and one
+    tile of gathered inputs, whatever the rate. As in :class:`BlockResampler`, outputs are
+    computed in tiles of a fixed size aligned to the start of the signal, so they do not depend
+    on how the input was cut into blocks. The length is the exact ``ceil(16000 * n / sr)``.
+    """
+
+    identity = False
+
+    def __init__(self, sr: int):
+        sr = check_rate(sr)
+        self.orig, self.new = _reduced(sr)
+        self.table, self.width = _phase_table(sr)
+        taps = self.table.shape[1]
+        self._tile = max(64, PHASE_TILE_ELEMENTS // taps)  # outputs per product
+        self._offsets = torch.arange(taps)
+        self._buf = torch.zeros(0)
+        self._start = 0  # signal index of self._buf[0]
+        self._n_in = 0
+        self._n_out = 0
+
+    def _first_input(self, j: int) -> int:
+        p, i = divmod(j, self.new)
+        return p * self.orig + (i * self.orig) // self.new - self.width
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        self._n_in += x.shape[-1]
+        self._buf = torch.cat([self._buf, x])
+        # Tiles whose last output reads only inputs that have arrived.
+        tiles = 0
+        while self._first_input((self._n_out // self._tile + tiles + 1) * self._tile - 1) \
+                + self.table.shape[1] <= self._n_in:
+            tiles += 1
+        return self._run(tiles, final_length=None)
+
+    def finish(self) -> torch.Tensor:
+        target = -(-self.new * self._n_in // self.orig)
+        tiles = -(-(target - self._n_out) // self._tile) if target > self._n_out else 0
+        return self._run(tiles, final_length=target)
+
+    def _run(self, tiles: int, final_length: int | None) -> torch.Tensor:
+        if tiles == 0:
+            return torch.zeros(0)
+        taps = self.table.shape[1]
+        first = self._n_out
+        last = first + tiles * self._tile  # exclusive
+        lo = self._first_input(first)
+        hi = self._first_input(last - 1) + taps
+        # The buffer as signal indices lo .. hi - 1: zeros before the signal and after its end.
+        left = self._start - lo
+        buf = self._buf
+        if left > 0:
+            buf = torch.cat([torch.zeros(left), buf])
+        elif left < 0:
+            buf = buf[-left:]
+        if buf.shape[0] < hi - lo:
+            buf = torch.cat([buf, torch.zeros(hi - lo - buf.shape[0])])
+        outs = []
+        with frontend.single_threaded():
+            for t in range(tiles):
+                j = torch.arange(first + t * self._tile, first + (t + 1) * self._tile)
+                p, i = j // self.new, j % self.new
+                start = p * self.orig + (i * self.orig) // self.new - self.width - lo
+                rows = buf[start[:, None] + self._offsets]
+                outs.append((rows * self.table[i]).sum(dim=1))
+        out = torch.cat(outs)
+        # Keep the inputs from the first one the next tile reads (never before lo).
+        keep_from = self._first_input(last)
+        self._buf, self._start = buf[keep_from - lo:], keep_from
+        if final_length is not None:
+            out = out[:max(0, final_length - first)]
+        self._n_out = first + out.shape[0]
+        return out
+
+
+def make_resampler(sr: int) -> BlockResampler | PhaseResampler:
+    """The block resampler for ``sr``: torchaudio's dense filter for the usual rates (its numbers
+    to the bit), the phase table where that filter would be huge (bounded memory)."""
+    return BlockResampler(sr) if uses_dense_kernel(check_rate(sr)) else PhaseResampler(sr)
+
+
+@lru_cache(maxsize=16)
+def check_rate(sr: int) -> int:
+    """``sr`` as an int if it is a positive integer sample rate, else an AudioError."""
+    if not (isinstance(sr, (int, np.integer)) and sr > 0):
+        raise AudioError(f"invalid sample rate {sr!r}")
+    return int(sr)
+
+
+def resample(samples: np.ndarray, sr: int) -> torch.Tensor:
+    """Resample mono samples to ``frontend.SAMPLE_RATE`` with the documented torchaudio filter.
+
+    The whole signal in one block of :func:`make_resampler`'s resampler, so a file read block
+    by block gives the same samples to the bit.
+    """
+    resampler = make_resampler(sr)
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    return torch.cat([resampler.push(x), resampler.finish()])
