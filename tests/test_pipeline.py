@@ -122,7 +122,6 @@ def _blocked_on_a_full_queue(thread: threading.Thread) -> bool:
 
 def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does():
     produced: list = []
-    before = threading.active_count()
     earlier = set(threading.enumerate())
     stream = pipeline.worker_chunks(100, _fake_chunks(produced), workers=2, ahead_windows=8)
     assert next(stream).index == 0
@@ -137,10 +136,12 @@ def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does()
     # more chunk in hand; worker 0 also made the chunk the consumer took.
     assert sorted(produced) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
     stream.close()
+    # The workers themselves must end; other tests' threads may come and go meanwhile, so a
+    # count of all threads would be flaky.
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while any(t.is_alive() for t in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == before
+    assert not any(t.is_alive() for t in workers)
 
 
 def test_bad_worker_counts(inputs, tiny_model_dir, tmp_path):
