@@ -289,6 +289,18 @@ def test_summary_counts_missing_and_undecodable(tmp_path):
 def test_recipe_manifests_are_consistent():
     pins = debian.load_pins()
     entries = debian.load_entries()
-    assert len(pins) == 74
+    assert len(pins) == 83
     assert {e.package for e in entries} <= {p.name for p in pins}
     assert sum(e.split == "labeled" for e in entries) == 1293
+    assert all(p.deb_size > 0 for p in pins)
+    licensed = {line.split("|", 1)[0] for line in (debian.RECIPE_DIR / "licenses.txt").read_text().splitlines()}
+    assert {p.name for p in pins} <= licensed
+    unlabeled = [(e.package, e.path) for e in entries if e.split == "unlabeled"]
+    assert len(unlabeled) == 23742 and unlabeled == sorted(set(unlabeled))
+    # no evaluation clip is trained on, nor a directory sibling of a sound-event clip (speech and
+    # music directories, such as a voice's prompt folder, stay in training)
+    assert not set(unlabeled) & {(e.package, e.path) for e in entries if e.split == "labeled"}
+    eval_dirs = {(e.package, e.path.rsplit("/", 1)[0]) for e in entries
+                 if e.split == "labeled" and e.label not in ("speech", "music")}
+    assert not [u for u in unlabeled if (u[0], u[1].rsplit("/", 1)[0]) in eval_dirs]
+    assert all(e.duration_s >= 0.2 for e in entries if e.split == "unlabeled")

@@ -1,7 +1,7 @@
 """Build the Debian audio corpus: download pinned packages, keep only the manifest files.
 
-The recipe (``training/recipes/debian``) pins 74 Debian 12 packages and lists the
-audio files to keep (``unlabeled.csv`` for training, ``labeled.csv`` for
+The recipe (``training/recipes/debian``, described in its README.md) pins 83 Debian 12
+packages and lists the audio files to keep (``unlabeled.csv`` for training, ``labeled.csv`` for
 evaluation). For each package we ``apt-get download`` the pinned ``.deb``,
 ``dpkg-deb -x`` it into a staging directory, copy out exactly the listed files
 to ``OUT/<package>/<path>`` and delete the staging tree and the ``.deb``, so the
