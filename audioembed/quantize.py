@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from audioembed import frontend
+from audioembed.audio_io import AudioError, audio_files, load_waveform
+from audioembed.errors import InvalidArgumentError
+from audioembed.loading import ONNX, cached_model, parse_model_spec
+from audioembed.onnx_backend import INPUT_NAME, OnnxModel, export_bytes, require
+from audioembed.outputs import atomic_write
 
 CALIBRATION_WINDOWS = 150
 _SR = frontend.SAMPLE_RATE
@@ -71,26 +77,24 @@ def calibration_windows(audio_dir: str | os.PathLike | None = None, n: int = CAL
     """``(n, 96, 64)`` log-mel windows: from the audio files under ``audio_dir`` (a seeded
     sample of all their windows), or from :func:`synthetic_audio`."""
     if audio_dir is None:
-        windows = [frontend.log_mel_windows(torch.from_numpy(x))[0] for x in synthetic_audio(seed=seed)]
+        clips = synthetic_audio(seed=seed)
     else:
-        from audioembed.api import collect_features, iter_features
-        from audioembed.extract import expand_inputs
-
-        sources, _ = expand_inputs([audio_dir], recursive=True)
-        windows = [got[0] for _, _, got in collect_features(iter_features([s.path for s in sources], None,
-                                                                          frontend.DEFAULT_HOP_SECONDS))
-                   if not isinstance(got, Exception)]
+        clips = []
+        for path in audio_files(audio_dir, recursive=True):
+            try:
+                clips.append(load_waveform(str(path)))
+            except AudioError:
+                continue  # an unreadable file calibrates nothing; the others still do
+    windows = [frontend.log_mel_windows(torch.as_tensor(x))[0] for x in clips]
     x = torch.cat([w for w in windows if len(w)]) if windows else torch.empty(0)
     if len(x) == 0:
-        raise ValueError(f"no calibration windows found{f' under {audio_dir}' if audio_dir else ''}")
+        raise InvalidArgumentError(f"no calibration windows found{f' under {audio_dir}' if audio_dir else ''}")
     pick = np.random.default_rng(seed).permutation(len(x))[:n]
     return x[torch.from_numpy(np.sort(pick))]
 
 
 def quantize_bytes(fp32_onnx: bytes, windows: torch.Tensor, batch: int = 16) -> bytes:
     """The int8 (QDQ) model of an fp32 ONNX network, calibrated on ``windows``."""
-    from audioembed.onnx_backend import INPUT_NAME, require
-
     quant = require("onnxruntime.quantization", "int8 quantization")
     data = np.ascontiguousarray(windows.numpy(), dtype=np.float32)
 
@@ -121,3 +125,36 @@ def agreement(reference, candidate, windows: torch.Tensor) -> dict:
     b = np.asarray(candidate(windows), dtype=np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "windows": int(len(cos))}
+
+
+_QUANTIZED: "weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]" = weakref.WeakKeyDictionary()
+_FILES: dict[str, OnnxModel] = {}
+
+
+def int8_model(model, device=None) -> OnnxModel:
+    """The int8 network for ``embed(..., backend="onnx-int8")``: an ``.onnx`` file as it is
+    (e.g. from ``export-onnx --int8``), or any model ``load_model`` knows, quantized once per
+    process with the default calibration set."""
+    if isinstance(model, OnnxModel):
+        return model
+    if device is not None and torch.device(device).type != "cpu":
+        raise InvalidArgumentError(f'backend="onnx-int8" runs on the CPU (onnxruntime); got device={device!r}')
+    if isinstance(model, (str, os.PathLike)) and parse_model_spec(model).kind == ONNX:
+        key = os.path.realpath(model)
+        if key not in _FILES:
+            _FILES[key] = OnnxModel(model)
+        return _FILES[key]
+    net = cached_model(model, None)
+    if net not in _QUANTIZED:
+        _QUANTIZED[net] = OnnxModel(quantize_bytes(export_bytes(net), calibration_windows()))
+    return _QUANTIZED[net]
+
+
+def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None) -> dict:
+    """Write ``model`` quantized to ``path``; returns its agreement with fp32 on windows it was
+    not calibrated on (the synthetic set of another seed, or the calibration folder's others)."""
+    calib = calibration_windows(calibrate)
+    data = quantize_bytes(export_bytes(model), calib)
+    atomic_write(Path(path), lambda f: f.write(data))
+    held_out = calibration_windows(calibrate, seed=1)
+    return agreement(model.eval(), OnnxModel(data), held_out)

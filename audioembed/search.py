@@ -24,11 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from audioembed.api import embed
+from audioembed.errors import InvalidArgumentError
+
 DEFAULT_BLOCK_ROWS = 1 << 17
 _RANGE = re.compile(r"^(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
 
 
-class SearchError(ValueError):
+class SearchError(InvalidArgumentError):
     """An index or a query that cannot be used; the message says which and why."""
 
 
@@ -122,8 +125,6 @@ def range_mean(window_embeddings: np.ndarray, timestamps: np.ndarray, start: flo
 
 def query_embedding(spec: str, model=None, backend: str = "torch") -> np.ndarray:
     """The ``(D,)`` embedding of a query (a file, or ``file@start-end``)."""
-    from audioembed.api import embed
-
     path, start, end = parse_query(spec)
     if not Path(path).exists():
         raise SearchError(f"{path}: no such query file")
