@@ -18,7 +18,7 @@ from audioembed.errors import AudioembedError, MissingDependencyError
 # The defaults of the options, here as literals so that --help need not import torch;
 # tests/test_cli_extract.py checks them against frontend, api and extract.
 FORMATS = ("npy", "npz")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 DEFAULT_HOP_SECONDS = 0.96
 DEFAULT_BATCH_SIZE = 64
 
@@ -228,8 +228,12 @@ def merge(shard_files, output, overwrite):
 @main.command("export-onnx")
 @click.argument("output", type=click.Path(path_type=str), metavar="OUT.onnx")
 @click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--int8", is_flag=True, help="Statically quantize to int8 (QDQ, per-channel weights).")
+@click.option("--calibrate", type=click.Path(exists=True, file_okay=False), default=None,
+              help="With --int8: calibrate on the audio files under this folder (default: a fixed "
+                   "synthetic set made by audioembed.quantize).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def export_onnx(output, model, overwrite):
+def export_onnx(output, model, int8, calibrate, overwrite):
     """Export the network to ONNX: log_mel (batch, 96, 64) in, embedding (batch, 128) out.
 
     \b
@@ -237,24 +241,89 @@ def export_onnx(output, model, overwrite):
     backend="onnx", model="OUT.onnx") runs it in Python). Needs the optional packages:
     pip install 'audioembed[onnx]'. When onnxruntime is installed the export is checked
     against torch on random windows and the largest difference printed.
+    With --int8 the graph is quantized (run it with --backend onnx-int8) and its agreement
+    with fp32 is printed: mean and min cosine on windows not used for calibration.
     Exit status: 0 exported; 1 the ONNX packages are missing; 2 usage error (bad model).
     """
-    from audioembed import extract as extract_mod, onnx_backend
+    from audioembed import extract as extract_mod, onnx_backend, quantize
 
     if os.path.exists(output) and not overwrite:
         raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
+    if calibrate and not int8:
+        raise click.UsageError("--calibrate applies to --int8 exports")
     try:
         net = extract_mod.load_model_for_cli(model, None)
     except AudioembedError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        diff = onnx_backend.export_and_check(net, output)
+        if int8:
+            agree = quantize.export_int8(net, output, calibrate)
+            check = (f"int8; cosine to fp32 on {agree['windows']} held-out windows: mean "
+                     f"{agree['mean_cosine']:.4f}, min {agree['min_cosine']:.4f}")
+        else:
+            diff = onnx_backend.export_and_check(net, output)
+            check = ("not checked (onnxruntime is not installed)" if diff is None
+                     else f"max |onnxruntime - torch| = {diff:.2e}")
     except MissingDependencyError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    check = ("not checked (onnxruntime is not installed)" if diff is None
-             else f"max |onnxruntime - torch| = {diff:.2e}")
+    except AudioembedError as exc:
+        raise click.UsageError(str(exc)) from exc
     click.echo(f"exported {output}; {check}", err=True)
+
+
+@main.command("index")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="INDEX.npz",
+              help="The index: names (N,) and embeddings (N, D), as extract -o X.npz writes.")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing index.")
+@click.option("-q", "--quiet", is_flag=True)
+def index(inputs, output, model, backend, overwrite, quiet):
+    """Embed audio files (folders searched recursively) into a search index (an npz archive).
+
+    \b
+    The same file as `audioembed extract INPUTS -o INDEX.npz --recursive`; an npz that extract
+    wrote is an index too. Search it with `audioembed search QUERY INDEX.npz`.
+    """
+    ctx = click.get_current_context()
+    if not output.endswith(".npz"):
+        raise click.UsageError(f"-o {output}: an index is an .npz archive")
+    ctx.invoke(extract, inputs=inputs, output=output, fmt="npz", model=model, backend=backend,
+               recursive=True, overwrite=overwrite, quiet=quiet)
+
+
+@main.command("search")
+@click.argument("query")
+@click.argument("index_path", metavar="INDEX.npz", type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Results to show.")
+@click.option("--model", default=None, help=MODEL_HELP + " Must be the model that made the index.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout instead of lines.")
+def search(query, index_path, k, model, backend, as_json):
+    """Rank the segments of INDEX.npz by cosine similarity to QUERY.
+
+    \b
+    QUERY is an audio file, or a time range of one: clip.wav@12.5-14.0 averages the windows
+    centred in that range. Prints rank, score and name, best first.
+    """
+    from audioembed import search as search_mod
+
+    try:
+        idx = search_mod.Index.load(index_path)
+        q = search_mod.query_embedding(query, model=model, backend=backend)
+        if q.shape[-1] != idx.embeddings.shape[1]:
+            raise click.UsageError(f"the query embedding has {q.shape[-1]} dimensions, the index "
+                                   f"{idx.embeddings.shape[1]}: embed both with the same model")
+        results = search_mod.search(idx, q, k)
+    except AudioembedError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"query": query, "index": index_path, "results": results}))
+        return
+    for r in results:
+        click.echo(f"{r['rank']:>4}  {r['score']:.4f}  {printable(r['name'])}")
 
 
 def model_info(model: str | None) -> tuple[dict, str | None]:
