@@ -24,6 +24,9 @@ DEFAULT_BATCH_SIZE = 64
 # on a 30-minute file (1875 windows) took 3.3 GB; 256 keep it under ~0.5 GB. Batches are split
 # at this size; results do not depend on the batch size.
 MAX_QUEUED_WINDOWS = 256
+# What a window is read out as: the paper's unit-norm embedding (fc), or the 2048-d globally
+# pooled features before it; a segment is then the mean and max over windows, concatenated.
+LAYERS = ("embedding", "pooled")
 
 
 class Embeddings(NamedTuple):
@@ -59,11 +62,12 @@ class ItemResult:
     _times: list = field(default_factory=list, repr=False)
     _remaining: int = 0  # windows queued but not yet through the network
     _complete: bool = False  # its last chunk has come
+    layer: str = "embedding"
 
     @property
     def embedding(self) -> np.ndarray:
-        """Segment embedding: mean of the window embeddings, re-normalised to unit length."""
-        return segment_embedding(self.window_embeddings)
+        """The segment's vector (see :func:`segment_readout`)."""
+        return segment_readout(self.window_embeddings, self.layer)
 
 
 def segment_embedding(window_embeddings: np.ndarray) -> np.ndarray:
@@ -71,6 +75,45 @@ def segment_embedding(window_embeddings: np.ndarray) -> np.ndarray:
     mean = window_embeddings.astype(np.float64).mean(axis=0)
     norm = np.linalg.norm(mean)
     return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
+def segment_readout(window_features: np.ndarray, layer: str = "embedding") -> np.ndarray:
+    """A segment from its windows: ``embedding``, the re-normalised mean (:func:`segment_embedding`);
+    ``pooled``, the mean and the max over windows concatenated (``2 x 2048``), not normalised."""
+    if layer == "embedding":
+        return segment_embedding(window_features)
+    if layer == "pooled":
+        return np.concatenate([window_features.astype(np.float64).mean(axis=0),
+                               window_features.max(axis=0)]).astype(np.float32)
+    raise InvalidArgumentError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
+
+
+class PooledFeatures(torch.nn.Module):
+    """A network read out before its embedding layer: windows -> ``(B, 2048)`` pooled features."""
+
+    def __init__(self, net: AudioResNet):
+        super().__init__()
+        self.net = net
+
+    @property
+    def embedding_dim(self) -> int:
+        """Per-window width (what extract sizes its window outputs by)."""
+        return self.net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.pooled(x)
+
+
+def readout_network(net, layer: str):
+    """``net`` itself for ``embedding``; for ``pooled`` a :class:`PooledFeatures` view of it
+    (torch networks only: the ONNX graph ends at the embedding)."""
+    if layer not in LAYERS:
+        raise InvalidArgumentError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
+    if layer == "embedding":
+        return net
+    if not isinstance(net, AudioResNet):
+        raise InvalidArgumentError('layer="pooled" runs with backend="torch"')
+    return PooledFeatures(net)
 
 
 def item_name(item, index: int) -> str:
@@ -136,11 +179,13 @@ def embed_windows(model, windows: torch.Tensor, batch_size: int = DEFAULT_BATCH_
 
 
 def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[ItemResult]:
+                    batch_size: int = DEFAULT_BATCH_SIZE, layer: str = "embedding") -> Iterator[ItemResult]:
     """Embed the windows of many inputs in shared batches; yield each input's result in order.
 
     ``model``: an AudioResNet, or any callable from ``(B, 96, 64)`` windows to ``(B, D)``
-    embeddings (see :func:`audioembed.backends.resolve_backend`).
+    embeddings (see :func:`audioembed.backends.resolve_backend`); ``layer`` says how a result's
+    ``embedding`` is made from its windows (:func:`segment_readout`; ``model`` must give that
+    layer's windows, see :func:`readout_network`).
 
     Batches are filled with windows as they come, from one input's chunks and then the next
     input's, so small files do not waste batch slots and a long file never waits whole in
@@ -197,7 +242,7 @@ def iter_embeddings(features: Iterable[FeatureChunk], model: AudioResNet,
     for chunk in features:
         res = open_items.get(chunk.index)
         if res is None:
-            res = open_items[chunk.index] = ItemResult(index=chunk.index, name=chunk.name)
+            res = open_items[chunk.index] = ItemResult(index=chunk.index, name=chunk.name, layer=layer)
             order.append(res)
         if chunk.error is not None:
             fail(res, chunk.error)
@@ -232,7 +277,7 @@ def _is_single(audio) -> bool:
 def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
           hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
           device: str | torch.device | None = None, windows: bool = False, progress: bool = False,
-          backend: str = "torch", workers: int = 0):
+          backend: str = "torch", workers: int = 0, layer: str = "embedding"):
     """Embed audio with the paper's frontend and network.
 
     Args:
@@ -253,6 +298,9 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
             memory once per process.
         workers: threads that read and analyse inputs while the network runs (0: none).
             Results do not depend on it.
+        layer: ``"embedding"`` (the paper's 128-d output) or ``"pooled"``: the 2048-d globally
+            pooled features before the embedding layer, per window; a segment is then their
+            mean and max concatenated (4096-d), not normalised (for linear probes; torch only).
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
@@ -271,9 +319,9 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     items = [audio] if single else list(audio)
     if not items:
         raise InvalidArgumentError("embed() got an empty list of inputs")
-    net = resolve_backend(model, device, backend)
+    net = readout_network(resolve_backend(model, device, backend), layer)
     feats = iter_features(items, sr, hop, workers)
-    results = iter_embeddings(feats, net, batch_size)
+    results = iter_embeddings(feats, net, batch_size, layer)
     if progress:
         from tqdm.auto import tqdm
         results = tqdm(results, total=len(items), unit="file", desc="embed")

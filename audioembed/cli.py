@@ -69,9 +69,12 @@ def main() -> None:
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
+@click.option("--layer", type=click.Choice(("embedding", "pooled")), default="embedding", show_default=True,
+              help="embedding: the 128-d unit-norm output. pooled: the 2048-d pooled features per "
+                   "window, and their mean and max (4096-d, not normalised) per input (torch only).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
 def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite,
-            skip_existing, strict, workers, backend, shard, quiet):
+            skip_existing, strict, workers, backend, shard, layer, quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -131,7 +134,7 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
             inputs, output, model=model, hop=hop, batch_size=batch_size,
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
             overwrite=overwrite, progress=not quiet, shard=part, workers=workers,
-            backend=backend, strict=strict, skip_existing=skip_existing)
+            backend=backend, strict=strict, skip_existing=skip_existing, layer=layer)
     except AudioembedError as exc:  # an impossible output or option, a model that cannot load
         raise click.UsageError(printable(str(exc))) from exc
     except KeyboardInterrupt as exc:

@@ -29,7 +29,7 @@ from audioembed import api, frontend
 from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
                                  is_audio_name, silence_message)
 from audioembed.backends import BACKENDS, resolve_backend
-from audioembed.errors import AudioembedError, MissingDependencyError
+from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError
 from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import archive_arrays, remove_stale_temp_files, save_archive, save_npy, temp_name
 from audioembed.registry import DEFAULT_MODEL
@@ -354,8 +354,12 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         device: str | None = None, fmt: str | None = None, windows: bool = False,
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
         shard: Shard | None = None, workers: int | None = None, backend: str = "torch",
-        strict: bool = False, skip_existing: bool = False, progress_stream=None) -> RunReport:
+        strict: bool = False, skip_existing: bool = False, progress_stream=None,
+        layer: str = "embedding") -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
+
+    ``layer="pooled"`` writes the 2048-d pooled features per window and their mean and max
+    (4096-d) per input instead of the 128-d embedding (``audioembed.api.segment_readout``).
 
     Output layout (``fmt`` None infers it from ``output``: ``.npz`` -> npz, otherwise npy):
 
@@ -443,7 +447,10 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                             "outputs are already complete (--skip-existing)")
     if not tasks and not (mode == "npz" and shard is not None):
         return report
-    net = load_model_for_cli(model, device, backend)
+    try:
+        net = api.readout_network(load_model_for_cli(model, device, backend), layer)
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--layer: {exc}") from exc
     bar = None
     if progress:
         bar = Progress(sum(audio_seconds(t[0].path) for t in tasks), len(tasks), shard,
@@ -451,7 +458,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     features = _counted(api.iter_features([t[0].path for t in tasks], None, hop, workers), bar)
     done = []
     try:
-        for res in api.iter_embeddings(features, net, batch_size):
+        for res in api.iter_embeddings(features, net, batch_size, layer):
             src, stem, pos = tasks[res.index]
             problems = list(res.warnings) if res.error is None else []
             if res.error is None and res.silent:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from audioembed import frontend
-from audioembed.api import embed_windows
+from audioembed.api import embed_windows, readout_network, segment_readout
 from audioembed.errors import InvalidArgumentError
 from audioembed.loading import load_model as _load
 from audioembed.model import AudioResNet
@@ -34,19 +34,25 @@ class HearModel(torch.nn.Module):
 
     sample_rate = frontend.SAMPLE_RATE
 
-    def __init__(self, net: AudioResNet):
+    def __init__(self, net: AudioResNet, layer: str = "embedding"):
         super().__init__()
         self.net = net
-        self.scene_embedding_size = net.config.embedding_dim
-        self.timestamp_embedding_size = net.config.embedding_dim
+        self.layer = layer
+        self.readout = readout_network(net, layer)
+        width = net.config.embedding_dim if layer == "embedding" else net.fc.in_features
+        self.timestamp_embedding_size = width
+        # pooled scenes are the mean and max of the windows' pooled features, concatenated
+        self.scene_embedding_size = width if layer == "embedding" else 2 * width
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.net(windows)
+        return self.readout(windows)
 
 
-def load_model(model_file_path: str = "") -> HearModel:
-    """A model folder, registry name or ``hf-hub:`` name; ``""`` loads the default model."""
-    return HearModel(_load(model_file_path or None))
+def load_model(model_file_path: str = "", layer: str = "embedding") -> HearModel:
+    """A model folder, registry name or ``hf-hub:`` name; ``""`` loads the default model.
+    ``layer``: ``"embedding"`` (128-d) or ``"pooled"`` (2048-d per timestamp; mean and max,
+    4096-d, per scene), as ``audioembed.embed``."""
+    return HearModel(_load(model_file_path or None), layer)
 
 
 def _check_audio(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
@@ -85,7 +91,7 @@ def _log_mel_windows(audio: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor
 def _embed_windows(windows: torch.Tensor, model: HearModel) -> torch.Tensor:
     """``(n_sounds, n, T, F)`` windows -> ``(n_sounds, n, D)`` embeddings, in bounded batches."""
     flat = windows.reshape(-1, *windows.shape[2:])
-    out = torch.from_numpy(embed_windows(model.net, flat, BATCH_SIZE)).to(windows.device)
+    out = torch.from_numpy(embed_windows(model.readout, flat, BATCH_SIZE)).to(windows.device)
     return out.reshape(*windows.shape[:2], -1)
 
 
@@ -109,5 +115,5 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     audio = _check_audio(audio, model)
     windows, _ = _log_mel_windows(audio, frontend.hop_frames(frontend.DEFAULT_HOP_SECONDS))
     emb = _check_finite(_embed_windows(windows, model), audio)
-    mean = emb.to(torch.float64).mean(dim=1)
-    return torch.nn.functional.normalize(mean, dim=1).to(torch.float32)
+    return torch.stack([torch.from_numpy(segment_readout(e.cpu().numpy(), model.layer)) for e in emb]
+                       ).to(emb.device)

@@ -54,8 +54,15 @@ def _write(path: str, text: str) -> None:
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="CPU threads for torch and BLAS; 0 = their defaults (all cores).")
 @click.option("--seed", type=int, default=EvalSettings.seed, show_default=True)
+@click.option("--backend", type=click.Choice(("torch", "onnx", "onnx-int8")), default="torch",
+              show_default=True, help="Network runtime, as audioembed extract --backend (onnx-int8: "
+                                      "the statically quantized network).")
+@click.option("--layer", type=click.Choice(("embedding", "pooled")), default="embedding",
+              show_default=True, help="Window readout: the 128-d embedding, or the 2048-d pooled "
+                                      "features before it (probes).")
 def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-             batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, threads, seed):
+             batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, threads, seed,
+             backend, layer):
     """Evaluate MODEL on DATASET: QbE retrieval mAP, shallow-classifier mAP, light supervision.
 
     Progress goes to stderr, the summary to stdout.
@@ -70,11 +77,11 @@ def evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_js
         torch.set_num_threads(threads)
     with threadpool_limits(limits=threads or None):
         _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-                  batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed)
+                  batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed, backend, layer)
 
 
 def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_json, device,
-              batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed):
+              batch_size, cache_dir, no_cache, no_classifiers, epochs, patience, seed, backend, layer):
     from training.evaluation.report import ReportError, load_results, render
     from training.evaluation.run import EvaluationError, evaluate_model, summary_lines
 
@@ -86,7 +93,8 @@ def _evaluate(model, dataset, data_root, out, markdown, baseline_json, topline_j
     settings = EvalSettings(seed=seed, classifiers=not no_classifiers, epochs=epochs, patience=patience)
     try:
         results = evaluate_model(model, dataset, settings, data_root=data_root, device=device,
-                                 batch_size=batch_size, cache_dir=None if no_cache else cache_dir, log=_log)
+                                 batch_size=batch_size, cache_dir=None if no_cache else cache_dir, log=_log,
+                                 backend=backend, layer=layer)
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary_lines(results)))

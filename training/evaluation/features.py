@@ -23,7 +23,9 @@ import numpy as np
 
 from audioembed import frontend
 from audioembed.outputs import atomic_write
-from audioembed.api import DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features
+from audioembed.api import (DEFAULT_BATCH_SIZE, collect_features, iter_embeddings, iter_features,
+                            readout_network)
+from audioembed.backends import resolve_backend
 from audioembed.loading import cached_model
 
 from training.evaluation.datasets import LabeledDataset
@@ -64,22 +66,31 @@ class Progress:
             self.log(f"{self.what}: {done}/{self.total} files ({now - self.t0:.0f} s)")
 
 
-def model_descriptor(model: str, device: str | None = None) -> tuple[dict, object]:
-    """``({name, sha256, source, dim}, loaded model or None)`` for ``--model``."""
+def model_descriptor(model: str, device: str | None = None, backend: str = "torch",
+                     layer: str = "embedding") -> tuple[dict, object]:
+    """``({name, sha256, source, dim[, backend, layer]}, network or None)`` for ``--model``: the
+    network that gives the windows' vectors (``backend`` and ``layer`` as in ``audioembed.embed``)."""
     if model == LOGMEL:
         return {"name": LOGMEL, "sha256": None, "source": "log-mel baseline (paper 4.3)",
                 "dim": frontend.WINDOW_FRAMES * frontend.N_MELS}, None
-    net = cached_model(model, device)
-    info = getattr(net, "info", {}) or {}
-    return {"name": model, "sha256": info.get("sha256"), "source": info.get("source", model),
-            "dim": int(net.config.embedding_dim)}, net
+    base = cached_model(model, device)
+    info = getattr(base, "info", {}) or {}
+    net = readout_network(resolve_backend(base, device, backend), layer)
+    desc = {"name": model, "sha256": info.get("sha256"), "source": info.get("source", model),
+            "dim": int(net.embedding_dim)}
+    # Recorded (and part of the cache key) only when not the defaults, so results and caches
+    # made before these options existed keep their meaning.
+    desc.update({k: v for k, v in (("backend", backend), ("layer", layer))
+                 if v != {"backend": "torch", "layer": "embedding"}[k]})
+    return desc, net
 
 
 def cache_path(cache_dir: Path, model: dict, dataset: LabeledDataset, hop_seconds: float) -> Path:
     weights = model["sha256"] or json.dumps(frontend.config(), sort_keys=True)
-    key = json.dumps({"format": CACHE_FORMAT, "model": model["name"] if not model["sha256"] else None,
-                      "weights": weights, "data": dataset.fingerprint(), "hop": hop_seconds}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    key = {"format": CACHE_FORMAT, "model": model["name"] if not model["sha256"] else None,
+           "weights": weights, "data": dataset.fingerprint(), "hop": hop_seconds}
+    key.update({k: model[k] for k in ("backend", "layer") if k in model})
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     tag = LOGMEL if model["name"] == LOGMEL else (model["sha256"] or "model")[:12]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
     return Path(cache_dir).expanduser() / f"{tag}_{safe}_{digest}.npz"
@@ -116,12 +127,14 @@ def _window_rows(items: Iterable, net, batch_size: int) -> Iterable[tuple[int, o
 def embed_dataset(dataset: LabeledDataset, model: str, *, device: str | None = None,
             batch_size: int = DEFAULT_BATCH_SIZE, hop_seconds: float = frontend.DEFAULT_HOP_SECONDS,
             cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-            log: Callable[[str], None] = _stderr) -> WindowEmbeddings:
+            log: Callable[[str], None] = _stderr, backend: str = "torch",
+            layer: str = "embedding") -> WindowEmbeddings:
     """Window embeddings of every segment (unreadable files are dropped and listed in ``errors``).
 
-    ``cache_dir=None`` disables the cache (neither read nor written).
+    ``cache_dir=None`` disables the cache (neither read nor written). ``backend`` and ``layer``
+    choose the network and its readout, as in ``audioembed.embed``.
     """
-    desc, net = model_descriptor(model, device)
+    desc, net = model_descriptor(model, device, backend, layer)
     path = cache_path(Path(cache_dir), desc, dataset, hop_seconds) if cache_dir is not None else None
     if path is not None and path.is_file():
         we = _load(path, len(dataset))

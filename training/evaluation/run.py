@@ -85,10 +85,12 @@ class EvaluationError(AudioembedError, ValueError):
 
 def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettings(), *,
                    data_root=None, device: str | None = None, batch_size: int = 64,
-                   cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr) -> dict:
+                   cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr,
+                   backend: str = "torch", layer: str = "embedding") -> dict:
     """``python -m training evaluate`` as a function: load ``dataset`` (any ``--dataset``), embed
     it with ``model`` (any ``--model``, window embeddings cached in ``cache_dir``; None: no
-    cache), and return :func:`evaluate_embeddings`'s results with a ``timing`` entry."""
+    cache; ``backend`` and ``layer`` as in ``audioembed.embed``), and return
+    :func:`evaluate_embeddings`'s results with a ``timing`` entry."""
     t0 = time.perf_counter()
     try:
         ds = load_dataset(dataset, data_root)
@@ -96,7 +98,8 @@ def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettin
         raise EvaluationError(str(exc)) from exc
     log(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes ({ds.source})")
     try:
-        we = embed_dataset(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log)
+        we = embed_dataset(ds, model, device=device, batch_size=batch_size, cache_dir=cache_dir, log=log,
+                           backend=backend, layer=layer)
     except (ValueError, RuntimeError, OSError) as exc:
         raise EvaluationError(f"cannot embed {ds.name} with {model}: {exc}") from exc
     t_embed = time.perf_counter() - t0
