@@ -105,14 +105,17 @@ class PooledFeatures(torch.nn.Module):
 
 
 def readout_network(net, layer: str):
-    """``net`` itself for ``embedding``; for ``pooled`` a :class:`PooledFeatures` view of it
-    (torch networks only: the ONNX graph ends at the embedding)."""
+    """``net`` itself for ``embedding``; for ``pooled`` a :class:`PooledFeatures` view of a torch
+    network, or an ONNX one's ``pooled`` output (``export-onnx --pooled``)."""
     if layer not in LAYERS:
         raise InvalidArgumentError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
     if layer == "embedding":
         return net
+    if hasattr(net, "with_output"):  # an ONNX model exported with its pooled output
+        return net.with_output("pooled")
     if not isinstance(net, AudioResNet):
-        raise InvalidArgumentError('layer="pooled" runs with backend="torch"')
+        raise InvalidArgumentError(f'layer="pooled" needs a torch model or an ONNX export with a '
+                                   f"pooled output, got {type(net).__name__}")
     return PooledFeatures(net)
 
 

@@ -235,8 +235,10 @@ def merge(shard_files, output, overwrite):
 @click.option("--calibrate", type=click.Path(exists=True, file_okay=False), default=None,
               help="With --int8: calibrate on the audio files under this folder (default: a fixed "
                    "synthetic set made by audioembed.quantize).")
+@click.option("--pooled", is_flag=True, help="A second output, pooled (batch, 2048): the features "
+                                            "before the embedding layer (--layer pooled).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def export_onnx(output, model, int8, calibrate, overwrite):
+def export_onnx(output, model, int8, calibrate, pooled, overwrite):
     """Export the network to ONNX: log_mel (batch, 96, 64) in, embedding (batch, 128) out.
 
     \b
@@ -260,11 +262,11 @@ def export_onnx(output, model, int8, calibrate, overwrite):
         raise click.UsageError(str(exc)) from exc
     try:
         if int8:
-            agree = quantize.export_int8(net, output, calibrate)
+            agree = quantize.export_int8(net, output, calibrate, pooled=pooled)
             check = (f"int8; cosine to fp32 on {agree['windows']} held-out windows: mean "
                      f"{agree['mean_cosine']:.4f}, min {agree['min_cosine']:.4f}")
         else:
-            diff = onnx_backend.export_and_check(net, output)
+            diff = onnx_backend.export_and_check(net, output, pooled=pooled)
             check = ("not checked (onnxruntime is not installed)" if diff is None
                      else f"max |onnxruntime - torch| = {diff:.2e}")
     except MissingDependencyError as exc:

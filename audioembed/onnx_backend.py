@@ -31,6 +31,7 @@ from audioembed.outputs import atomic_write
 
 INPUT_NAME = "log_mel"
 OUTPUT_NAME = "embedding"
+POOLED_NAME = "pooled"
 EXTRA = "pip install 'audioembed[onnx]'"
 
 
@@ -42,12 +43,28 @@ def require(module: str, purpose: str):
         raise MissingDependencyError(f"{purpose} needs the optional package {module!r}: {EXTRA}") from exc
 
 
-def export_bytes(model: AudioResNet) -> bytes:
-    """The serialized ONNX model of ``model`` (fp32, CPU, eval mode; dynamic batch)."""
+class _BothOutputs(torch.nn.Module):
+    """The network with its pooled features as a second output."""
+
+    def __init__(self, net: AudioResNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        pooled = self.net.pooled(x)
+        return torch.nn.functional.normalize(self.net.fc(pooled), dim=1), pooled
+
+
+def export_bytes(model: AudioResNet, pooled: bool = False) -> bytes:
+    """The serialized ONNX model of ``model`` (fp32, CPU, eval mode; dynamic batch); with
+    ``pooled``, a second output ``pooled`` ``(batch, 2048)`` holds the pooled features."""
     require("onnxscript", "exporting to ONNX")
     require("onnx", "exporting to ONNX")
     # A copy: exporting must not move, cast or re-mode the caller's network.
     net = copy.deepcopy(model).float().cpu().eval()
+    outputs = [OUTPUT_NAME]
+    if pooled:
+        net, outputs = _BothOutputs(net), [OUTPUT_NAME, POOLED_NAME]
     example = torch.zeros(2, frontend.WINDOW_FRAMES, frontend.N_MELS)
     # The exporter logs that torchvision's detection ops are skipped (we use none) and warns
     # about its own pytree internals: nothing a caller can act on.
@@ -59,7 +76,7 @@ def export_bytes(model: AudioResNet) -> bytes:
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             program = torch.onnx.export(
                 net, (example,), None, dynamo=True, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                output_names=outputs, dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False)
     finally:
         registry_log.setLevel(level)
@@ -74,10 +91,10 @@ def export_bytes(model: AudioResNet) -> bytes:
     return proto.SerializeToString()
 
 
-def export(model: AudioResNet, path: str | os.PathLike) -> Path:
+def export(model: AudioResNet, path: str | os.PathLike, pooled: bool = False) -> Path:
     """Write ``model`` as ONNX to ``path`` (atomically)."""
     path = Path(path)
-    data = export_bytes(model)
+    data = export_bytes(model, pooled)
     atomic_write(path, lambda f: f.write(data))
     return path
 
@@ -86,7 +103,8 @@ class OnnxModel:
     """An ONNX embedding network under onnxruntime; called on ``(B, 96, 64)`` windows it returns
     ``(B, D)`` float32 embeddings, so ``api.iter_embeddings`` takes it in place of a torch model."""
 
-    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None,
+                 output: str = OUTPUT_NAME):
         ort = require("onnxruntime", 'backend="onnx"')
         opts = ort.SessionOptions()
         # As many threads as torch uses, so the two backends compare like for like.
@@ -99,13 +117,27 @@ class OnnxModel:
             if isinstance(model, bytes):
                 raise  # exported here: a bug, not the caller's file
             raise ModelFormatError(f"{source}: not a loadable ONNX model ({exc})") from exc
-        outputs = self.session.get_outputs()
-        self.embedding_dim = int(outputs[0].shape[-1])
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if output not in outputs:
+            raise ModelFormatError(f"{source if not isinstance(model, bytes) else 'the exported model'}: "
+                                   f"no output {output!r} (it has {sorted(outputs)}; export with "
+                                   "--pooled for the pooled features)")
+        self.output = output
+        self.embedding_dim = int(outputs[output].shape[-1])
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def with_output(self, output: str) -> "OnnxModel":
+        """The same session read out at another of its outputs."""
+        other = copy.copy(self)
+        if output not in {o.name for o in self.session.get_outputs()}:
+            raise ModelFormatError(f"this ONNX model has no output {output!r}; export it with --pooled")
+        other.output = output
+        other.embedding_dim = int(next(o for o in self.session.get_outputs() if o.name == output).shape[-1])
+        return other
 
     def __call__(self, windows: torch.Tensor) -> np.ndarray:
         x = np.ascontiguousarray(windows.detach().cpu().numpy(), dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return self.session.run([self.output], {INPUT_NAME: x})[0]
 
 
 _FILES: dict[str, OnnxModel] = {}
@@ -131,10 +163,10 @@ def onnx_model(model, device=None) -> OnnxModel:
 
 
 def export_and_check(model: AudioResNet, path: str | os.PathLike, batch: int = 3,
-                     seed: int = 0) -> float | None:
+                     seed: int = 0, pooled: bool = False) -> float | None:
     """Export, then the largest difference between onnxruntime and torch on random windows
     (None when onnxruntime is not installed)."""
-    export(model, path)
+    export(model, path, pooled)
     try:
         runner = OnnxModel(path)
     except ImportError:

@@ -150,11 +150,12 @@ def int8_model(model, device=None) -> OnnxModel:
     return _QUANTIZED[net]
 
 
-def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None) -> dict:
+def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None,
+                pooled: bool = False) -> dict:
     """Write ``model`` quantized to ``path``; returns its agreement with fp32 on windows it was
     not calibrated on (the synthetic set of another seed, or the calibration folder's others)."""
     calib = calibration_windows(calibrate)
-    data = quantize_bytes(export_bytes(model), calib)
+    data = quantize_bytes(export_bytes(model, pooled), calib)
     atomic_write(Path(path), lambda f: f.write(data))
     held_out = calibration_windows(calibrate, seed=1)
     return agreement(model.eval(), OnnxModel(data), held_out)

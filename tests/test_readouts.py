@@ -81,3 +81,20 @@ def test_evaluator_layer_and_backend_are_recorded_and_keyed(tmp_path, tiny_model
     assert plain.emb.shape[1] == 128 and pooled.emb.shape[1] == load_model(tiny_model_dir).fc.in_features
     assert "layer" not in plain.model and pooled.model["layer"] == "pooled"
     assert plain.cache_path != pooled.cache_path  # never served the other readout from cache
+
+
+def test_onnx_export_with_both_outputs(tmp_path, tiny_model_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    res = CliRunner().invoke(main, ["export-onnx", str(tmp_path / "m.onnx"), "--model", str(tiny_model_dir),
+                                    "--pooled"])
+    assert res.exit_code == 0, res.output
+    x = _audio(2.0)
+    for layer in ("embedding", "pooled"):
+        got = embed(x, 16000, model=str(tmp_path / "m.onnx"), backend="onnx", layer=layer)
+        want = embed(x, 16000, model=tiny_model_dir, layer=layer)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    # A graph exported without it says how to get it.
+    CliRunner().invoke(main, ["export-onnx", str(tmp_path / "plain.onnx"), "--model", str(tiny_model_dir)])
+    with pytest.raises(Exception, match="--pooled"):
+        embed(x, 16000, model=str(tmp_path / "plain.onnx"), backend="onnx", layer="pooled")
