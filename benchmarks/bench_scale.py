@@ -14,7 +14,8 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
    end (files found, read, resampled, framed, embedded, npz written) with 1 feature worker and
    with none, against the model alone on the same windows, in the same run, alternating
    rounds; windows/s, the ratio (target >= 0.9) and the real-time factor. With onnxruntime
-   installed, the same for ``backend="onnx"`` against onnxruntime alone (``--no-onnx``: skip).
+   installed, the same for ``backend="onnx"`` and ``"onnx-int8"`` (statically quantized)
+   against onnxruntime alone, and int8 end to end over torch end to end (``--no-onnx``: skip).
 3. The same folder through ``audioembed extract`` as one process and as two ``--shard``
    processes at once (wall time, process start and model load included).
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
+from common import cpu_flags, interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
 
 import numpy as np
 import soundfile as sf
@@ -126,6 +127,7 @@ def memory(tmp: Path, model: Path, model_mb: float, args) -> None:
 def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     from audioembed import extract
     from audioembed.api import collect_features, embed_windows, iter_features
+    from audioembed.loading import cached_model
 
     net = cached_model(model, None)
     paths = sorted(folder.glob("*.wav"))
@@ -156,20 +158,33 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         def onnx_only() -> None:
             for b in batches:
                 onnx_net(b)
+        from audioembed.quantize import int8_model
+
+        int8_net = int8_model(model)  # quantized here, once: the e2e row reuses it
+
+        def int8_only() -> None:
+            for b in batches:
+                int8_net(b)
         runs.update({"onnx e2e, no worker": (e2e(0, "onnx"), "onnx model only"),
-                     "onnx model only": (onnx_only, None)})
+                     "onnx model only": (onnx_only, None),
+                     "onnx-int8 e2e, no worker": (e2e(0, "onnx-int8"), "onnx-int8 model only"),
+                     "onnx-int8 model only": (int8_only, None)})
     for fn, _ in runs.values():
         fn()  # warm-up: oneDNN / onnxruntime kernel choice, file cache
     times = interleaved_times({name: fn for name, (fn, _) in runs.items()}, args.repeats)
     print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz -> {n} windows; batch 64; "
-          f"{args.threads} thread(s); best of {args.repeats} alternating rounds")
+          f"{args.threads} thread(s); best of {args.repeats} alternating rounds; CPU flags: {cpu_flags()}")
     for name, ts in times.items():
         best, ref = min(ts), runs[name][1]
         ratio = "" if ref is None else (
             f"  ratio to {ref} {min(times[ref]) / best:.3f} (best), "
             f"{statistics.median(f / t for f, t in zip(times[ref], ts)):.3f} (median per round)")
-        print(f"  {name:>19}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
+        print(f"  {name:>24}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time){ratio}")
+    if "onnx-int8 e2e, no worker" in times:
+        best = {k: min(v) for k, v in times.items()}
+        print(f"  onnx-int8 e2e / torch e2e (no worker): "
+              f"{best['e2e, no worker'] / best['onnx-int8 e2e, no worker']:.2f}x (target >= 2.0)")
 
 
 def shards(folder: Path, model: Path, n_windows: int, args) -> None:

@@ -41,7 +41,7 @@ from training.losses import TripletLoss  # noqa: E402
 from training.samplers import DEFAULT_JOINT  # noqa: E402
 from training.config import from_dict  # noqa: E402
 from training.trainer import StepBatches, batch_stream, train_step, use_bf16  # noqa: E402
-from common import interleaved_times  # noqa: E402
+from common import cpu_flags, interleaved_times  # noqa: E402
 
 
 def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> None:
@@ -55,16 +55,6 @@ def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> N
 
 CPU_TIME: dict[str, list[float]] = {}
 NEW_RECIPE = ('loss.kind="batch-all"', "loss.xbm_size=4096", "augment.enabled=true")
-_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return " ".join(fl for fl in _FLAGS if fl in flags) or "none of " + ",".join(_FLAGS)
 
 
 def compare_recipes(tmp: str, cfg: ModelConfig, b: int, overrides: list[str], steps: int, warmup: int,

@@ -35,3 +35,16 @@ def machine_line(load_before: str) -> str:
 
     return (f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
             f"load average {load_average()} (before: {load_before})")
+
+
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """The CPU features that change these benchmarks' numbers (bf16, int8 and wide vectors)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return " ".join(fl for fl in _FLAGS if fl in flags) or "none of " + ",".join(_FLAGS)
