@@ -83,14 +83,14 @@ def test_chunked_energies_equal_whole_file(monkeypatch):
 def test_resume_skips_finalized_shards_and_redoes_unfinished(tmp_path, corpus):
     audio, manifest = corpus
     out = tmp_path / "cache"
-    build_cache(manifest, out, root=audio, shard_frames=1, progress=False)  # a shard per file
+    build_cache(manifest, out, root=audio, block_frames=1, progress=False)  # a block per file
     reference = FeatureCache(out)
     ref_frames = [reference.frames(r) for r in range(reference.num_recordings)]
     # Simulate a kill during the last shard: its index never got written.
-    last = sorted(out.glob("shard-*.json"))[-1]
+    last = sorted(out.glob("block-*.json"))[-1]
     last.unlink()
     last.with_suffix(".f16").rename(last.with_suffix(".tmp"))
-    report = build_cache(manifest, out, root=audio, shard_frames=1, progress=False)
+    report = build_cache(manifest, out, root=audio, block_frames=1, progress=False)
     assert report.skipped == 3 and report.added == 1 and not list(out.glob("*.tmp"))
     again = FeatureCache(out)
     assert again.recording_ids == reference.recording_ids
@@ -143,3 +143,36 @@ def test_cache_command(tmp_path, corpus):
     assert res.exit_code == 0, res.output
     assert "4 files cached" in res.output and "1 failed" in res.output and "broken.wav" in res.output
     assert FeatureCache(tmp_path / "c").num_files == 4
+
+
+def test_a_cache_with_the_old_shard_names_is_read_and_resumed(tmp_path):
+    """Caches built before blocks were called blocks hold shard-* files: same format, same data."""
+    import os
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(audio / f"f{i}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\nf0.wav\nf1.wav\n")
+    out = tmp_path / "cache"
+    build_cache(manifest, out, root=audio, block_frames=1, progress=False)
+    # Rename to the old layout: shard-NNNNN.{f16,json}, the index naming its data "shard".
+    for idx in sorted(out.glob("block-*.json")):
+        n = idx.stem.split("-")[1]
+        index = json.loads(idx.read_text())
+        index = {"shard": f"shard-{n}.f16", **{k: v for k, v in index.items() if k != "data"}}
+        (out / f"shard-{n}.json").write_text(json.dumps(index))
+        os.replace(out / f"block-{n}.f16", out / f"shard-{n}.f16")
+        idx.unlink()
+    old = FeatureCache(out)
+    assert old.num_files == 2
+    manifest.write_text("path\nf0.wav\nf1.wav\nf2.wav\n")
+    report = build_cache(manifest, out, root=audio, block_frames=1, progress=False)
+    assert report.skipped == 2 and report.added == 1
+    assert [p.name for p in sorted(out.glob("block-*.json"))] == ["block-00002.json"]
+    both = FeatureCache(out)
+    assert both.num_files == 3
+    for f in range(2):  # the old blocks' data is unchanged
+        np.testing.assert_array_equal(both.file_window(f, 0), old.file_window(f, 0))

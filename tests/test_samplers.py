@@ -23,7 +23,7 @@ LABELS = [("dog",), ("dog", "bark"), ("cat",), ("cat", "meow"), ("car",), ()]
 def cache(tmp_path_factory):
     out = tmp_path_factory.mktemp("cache")
     rng = np.random.default_rng(0)
-    with CacheWriter(out, shard_frames=1000) as w:
+    with CacheWriter(out, block_frames=1000) as w:
         for i, n in enumerate(LENGTHS):
             e = rng.uniform(0.5, 4.0, size=(n, F)).astype(np.float32)
             e[:, 0] = np.arange(1, n + 1)

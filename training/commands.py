@@ -15,16 +15,16 @@ import click
               help="Folder the manifest's paths are relative to (default: the manifest's folder).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Decoding worker processes.")
-@click.option("--shard-frames", type=int, default=None, help="Frames per shard (default 2^20).")
-def cache(manifest, root, out, jobs, shard_frames):
+@click.option("--block-frames", type=int, default=None, help="Frames per cache block file (default 2^20).")
+def cache(manifest, root, out, jobs, block_frames):
     """Decode audio once into a memory-mapped mel-energy cache (resumable)."""
-    from training.feature_cache import SHARD_FRAMES, CacheError, build_cache
+    from training.feature_cache import BLOCK_FRAMES, CacheError, build_cache
 
     if jobs < 1:
         raise click.BadParameter("must be at least 1", param_hint="--jobs")
     try:
         report = build_cache(manifest, out, root=root, jobs=jobs,
-                             shard_frames=shard_frames or SHARD_FRAMES, progress=True)
+                             block_frames=block_frames or BLOCK_FRAMES, progress=True)
     except CacheError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{report.added} files cached ({report.frames} frames), {report.skipped} already "

@@ -2,17 +2,21 @@
 
 The triplet samplers of section 3.2 work in the linear mel-energy domain and draw millions of
 random windows, so decoding and resampling each file on every draw would dominate training.
-``build_cache`` decodes every file once and appends ``frontend.mel_energies`` to fp16 shards.
+``build_cache`` decodes every file once and appends ``frontend.mel_energies`` to fp16 blocks.
 
 Layout of a cache folder::
 
     cache.json              format, CACHE_SCALE, frontend config, manifest sha256, totals
-    shard-00000.f16         raw little-endian float16, (frames, N_MELS), C order
-    shard-00000.json        index of that shard: per file key, recording, labels, offset, frames
+    block-00000.f16         raw little-endian float16, (frames, N_MELS), C order
+    block-00000.json        index of that block: per file key, recording, labels, offset, frames
     failures.json           files that could not be decoded (one-line reasons)
 
-A shard is finalized atomically: its data is written to a ``.tmp`` file, flushed, renamed, and
-only then is its index written (itself via a temp file and ``os.replace``). A shard without an
+("Blocks", not "shards": ``audioembed extract --shard`` shards are outputs of parallel jobs.
+Caches built before the rename hold ``shard-*`` files of the same format; they are read as they
+are, and a resumed build appends ``block-*`` files numbered after them.)
+
+A block is finalized atomically: its data is written to a ``.tmp`` file, flushed, renamed, and
+only then is its index written (itself via a temp file and ``os.replace``). A block without an
 index is unfinished; a rerun deletes it and redoes its files, and skips every file listed in a
 finalized index, so an interrupted build resumes where it stopped.
 
@@ -55,7 +59,9 @@ CACHE_SCALE = 2.0 ** -8
 FP16_MAX = float(np.finfo(np.float16).max)
 META_NAME = "cache.json"
 FAILURES_NAME = "failures.json"
-SHARD_FRAMES = 1 << 20  # 128 MiB of fp16 per shard: ~2.9 h of audio
+BLOCK_FRAMES = 1 << 20  # 128 MiB of fp16 per block: ~2.9 h of audio
+# Block files are named PREFIX-NNNNN.*; "shard" is the name caches had before the rename.
+BLOCK_PREFIXES = ("block", "shard")
 LABEL_SEPARATOR = ";"
 # Frames computed per STFT call, so an hour-long file does not need a 1 GB complex spectrogram.
 CHUNK_FRAMES = 6000
@@ -194,7 +200,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class CacheWriter:
-    """Appends files' stored energies to shards; finalizes a shard when it is full or on close.
+    """Appends files' stored energies to blocks; finalizes a block when it is full or on close.
 
     Usable directly to build a cache from arrays (tests, benchmarks)::
 
@@ -202,34 +208,34 @@ class CacheWriter:
             w.add("a.wav", energies)          # float32 (frames, N_MELS)
     """
 
-    def __init__(self, out: str | os.PathLike, shard_frames: int = SHARD_FRAMES, meta: dict | None = None):
+    def __init__(self, out: str | os.PathLike, block_frames: int = BLOCK_FRAMES, meta: dict | None = None):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.shard_frames = int(shard_frames)
+        self.block_frames = int(block_frames)
         self.clipped = 0
         self._done = self._finalized_keys()
-        self._next_shard = self._next_shard_number()
+        self._next_block = self._next_block_number()
         self._file = None
         self._entries: list[dict] = []
         self._frames = 0
-        for tmp in self.out.glob("shard-*.tmp"):
-            tmp.unlink()  # an unfinished shard from an interrupted run; its files are redone
+        for tmp in _block_files(self.out, "tmp"):
+            tmp.unlink()  # an unfinished block from an interrupted run; its files are redone
         self._meta = {"format": CACHE_FORMAT, "cache_scale": CACHE_SCALE, "n_mels": frontend.N_MELS,
                       "dtype": "float16", "frontend": frontend.config(), **(meta or {})}
         _atomic_write_text(self.out / META_NAME, json.dumps(self._meta, indent=2, sort_keys=True) + "\n")
 
     def _finalized_keys(self) -> set[str]:
         keys = set()
-        for idx in self.out.glob("shard-*.json"):
+        for idx in _block_files(self.out, "json"):
             keys.update(e["key"] for e in json.loads(idx.read_text())["files"])
         return keys
 
-    def _next_shard_number(self) -> int:
-        nums = [int(p.name[6:11]) for p in self.out.glob("shard-*.json")]
+    def _next_block_number(self) -> int:
+        nums = [int(p.stem.split("-", 1)[1]) for p in _block_files(self.out, "json")]
         return max(nums) + 1 if nums else 0
 
     def is_done(self, key: str) -> bool:
-        """Whether ``key`` is already in a finalized shard (so a resumed build skips it)."""
+        """Whether ``key`` is already in a finalized block (so a resumed build skips it)."""
         return key in self._done
 
     def add(self, key: str, energies: np.ndarray, recording: str | None = None,
@@ -243,7 +249,7 @@ class CacheWriter:
         if data.ndim != 2 or data.shape[1] != frontend.N_MELS:
             raise CacheError(f"{key}: expected (frames, {frontend.N_MELS}) energies, got {data.shape}")
         if self._file is None:
-            name = f"shard-{self._next_shard:05d}"
+            name = f"{BLOCK_PREFIXES[0]}-{self._next_block:05d}"
             self._tmp = self.out / f"{name}.tmp"
             self._name = name
             self._file = open(self._tmp, "wb")
@@ -254,11 +260,11 @@ class CacheWriter:
         self._done.add(key)
         self._frames += int(data.shape[0])
         self.clipped += int(clipped)
-        if self._frames >= self.shard_frames:
-            self.finalize_shard()
+        if self._frames >= self.block_frames:
+            self.finalize_block()
 
-    def finalize_shard(self) -> None:
-        """Make the current shard durable and visible to readers and to resumed builds."""
+    def finalize_block(self) -> None:
+        """Make the current block durable and visible to readers and to resumed builds."""
         if self._file is None:
             return
         self._file.flush()
@@ -266,13 +272,13 @@ class CacheWriter:
         self._file.close()
         self._file = None
         os.replace(self._tmp, self.out / f"{self._name}.f16")
-        index = {"shard": f"{self._name}.f16", "frames": self._frames, "files": self._entries}
+        index = {"data": f"{self._name}.f16", "frames": self._frames, "files": self._entries}
         _atomic_write_text(self.out / f"{self._name}.json", json.dumps(index) + "\n")
-        self._next_shard += 1
+        self._next_block += 1
         self._entries, self._frames = [], 0
 
     def close(self, extra_meta: dict | None = None) -> None:
-        self.finalize_shard()
+        self.finalize_block()
         if extra_meta:
             self._meta.update(extra_meta)
             _atomic_write_text(self.out / META_NAME, json.dumps(self._meta, indent=2, sort_keys=True) + "\n")
@@ -284,7 +290,7 @@ class CacheWriter:
         if exc_type is None:
             self.close()
         elif self._file is not None:
-            # Interrupted: leave the partial shard as .tmp, which the next run discards.
+            # Interrupted: leave the partial block as .tmp, which the next run discards.
             self._file.close()
             self._file = None
 
@@ -323,12 +329,12 @@ def _results(paths: list[str], jobs: int) -> Iterator[tuple[np.ndarray | None, i
 
 
 def build_cache(manifest: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None,
-                jobs: int = 1, shard_frames: int = SHARD_FRAMES, progress: bool = True) -> BuildReport:
+                jobs: int = 1, block_frames: int = BLOCK_FRAMES, progress: bool = True) -> BuildReport:
     """Decode every manifest file once into the cache at ``out``; resumes an interrupted build."""
     entries = read_manifest(manifest, root)
     meta = {"manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_of(manifest),
             "root": str(Path(root).resolve()) if root is not None else None}
-    writer = CacheWriter(out, shard_frames=shard_frames, meta=meta)
+    writer = CacheWriter(out, block_frames=block_frames, meta=meta)
     report = BuildReport(total=len(entries))
     todo = [e for e in entries if not writer.is_done(e.key)]
     report.skipped = len(entries) - len(todo)
@@ -355,9 +361,9 @@ def build_cache(manifest: str | os.PathLike, out: str | os.PathLike, root: str |
         if bar is not None:
             bar.close()
     _atomic_write_text(Path(out) / FAILURES_NAME, json.dumps(report.failures, indent=1) + "\n")
-    writer.finalize_shard()
+    writer.finalize_block()
     indexes = _load_indexes(Path(out))
-    # Totals over all finalized shards, so a resumed build reports the whole cache.
+    # Totals over all finalized blocks, so a resumed build reports the whole cache.
     writer.close(extra_meta={"files": sum(len(i["files"]) for i in indexes),
                              "frames": sum(i["frames"] for i in indexes),
                              "files_failed": len(report.failures),
@@ -366,8 +372,13 @@ def build_cache(manifest: str | os.PathLike, out: str | os.PathLike, root: str |
     return report
 
 
+def _block_files(folder: Path, suffix: str) -> list[Path]:
+    """The ``*.suffix`` files of every block, old ``shard-`` ones first, each in number order."""
+    return [p for prefix in reversed(BLOCK_PREFIXES) for p in sorted(folder.glob(f"{prefix}-*.{suffix}"))]
+
+
 def _load_indexes(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]
+    return [json.loads(p.read_text()) for p in _block_files(folder, "json")]
 
 
 class FeatureCache:
@@ -392,18 +403,18 @@ class FeatureCache:
             raise CacheError(f"{meta_path}: built with a different frontend: " + "; ".join(mismatches))
         self.scale = float(self.meta["cache_scale"])
         files = []
-        self._shard_names: list[str] = []
+        self._block_names: list[str] = []
         for idx in _load_indexes(self.path):
-            shard = len(self._shard_names)
-            self._shard_names.append(idx["shard"])
-            files += [dict(f, shard=shard) for f in idx["files"]]
+            block = len(self._block_names)
+            self._block_names.append(idx.get("data") or idx["shard"])  # "shard": the old key
+            files += [dict(f, block=block) for f in idx["files"]]
         if not files:
             raise CacheError(f"{self.path}: the cache holds no files")
         files.sort(key=lambda f: (f["recording"], f["order"], f["key"]))
         self.recording_ids: list[str] = []
         self.file_keys = [f["key"] for f in files]
         self.file_labels: list[frozenset[str]] = [frozenset(f["labels"]) for f in files]
-        self.file_shard = np.array([f["shard"] for f in files], dtype=np.int64)
+        self.file_block = np.array([f["block"] for f in files], dtype=np.int64)
         self.file_offset = np.array([f["offset"] for f in files], dtype=np.int64)
         self.file_frames = np.array([f["frames"] for f in files], dtype=np.int64)
         rec_of_file, start_in_rec = [], []
@@ -422,11 +433,11 @@ class FeatureCache:
         self.file_start = np.array(start_in_rec, dtype=np.int64)  # first frame within its recording
         self.lengths = np.array(lengths, dtype=np.int64)
         self._rec_files = [np.array(r, dtype=np.int64) for r in self._rec_files]
-        self._maps: list[np.memmap | None] = [None] * len(self._shard_names)
+        self._maps: list[np.memmap | None] = [None] * len(self._block_names)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_maps"] = [None] * len(self._shard_names)
+        state["_maps"] = [None] * len(self._block_names)
         return state
 
     @property
@@ -437,19 +448,19 @@ class FeatureCache:
     def num_files(self) -> int:
         return len(self.file_keys)
 
-    def _map(self, shard: int) -> np.memmap:
-        m = self._maps[shard]
+    def _map(self, block: int) -> np.memmap:
+        m = self._maps[block]
         if m is None:
-            p = self.path / self._shard_names[shard]
+            p = self.path / self._block_names[block]
             n = p.stat().st_size // (2 * frontend.N_MELS)
             m = np.memmap(p, dtype=np.float16, mode="r", shape=(n, frontend.N_MELS))
-            self._maps[shard] = m
+            self._maps[block] = m
         return m
 
     def _file_slice(self, f: int, a: int, b: int) -> np.ndarray:
         """Stored fp16 frames ``[a, b)`` of file ``f`` (clamped to the file)."""
         off = self.file_offset[f]
-        return self._map(self.file_shard[f])[off + a:off + b]
+        return self._map(self.file_block[f])[off + a:off + b]
 
     def _decode(self, stored: np.ndarray, out: np.ndarray) -> None:
         np.multiply(stored, np.float32(1.0 / self.scale), out=out, casting="unsafe")
