@@ -141,25 +141,29 @@ class OnnxModel:
 
 
 _FILES: dict[str, OnnxModel] = {}
-_EXPORTED: "weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]" = weakref.WeakKeyDictionary()
+# Networks exported (or quantized) in memory, per backend, once per loaded model.
+_BUILT: "dict[str, weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]]" = {}
 
 
-def onnx_model(model, device=None) -> OnnxModel:
-    """An :class:`OnnxModel` for ``embed(model=..., backend="onnx")``: an ``.onnx`` file, or any
-    model ``load_model`` knows (or a loaded one), exported in memory once per process."""
+def onnx_model(model, device=None, *, backend: str = "onnx", build=None) -> OnnxModel:
+    """An :class:`OnnxModel` for ``embed(model=..., backend=backend)``: an ``.onnx`` file as it
+    is, or any model ``load_model`` knows (or a loaded one), turned into ONNX bytes by ``build``
+    (default :func:`export_bytes`; ``audioembed.quantize`` passes its int8 quantizer) once per
+    process."""
     if isinstance(model, OnnxModel):
         return model
     if device is not None and torch.device(device).type != "cpu":
-        raise InvalidArgumentError(f'backend="onnx" runs on the CPU (onnxruntime); got device={device!r}')
+        raise InvalidArgumentError(f'backend="{backend}" runs on the CPU (onnxruntime); got device={device!r}')
     if isinstance(model, (str, os.PathLike)) and parse_model_spec(model).kind == ONNX:
         key = os.path.realpath(model)
         if key not in _FILES:
             _FILES[key] = OnnxModel(model)
         return _FILES[key]
-    net = cached_model(model, None)  # loads are cached, so a name exports once
-    if net not in _EXPORTED:
-        _EXPORTED[net] = OnnxModel(export_bytes(net))
-    return _EXPORTED[net]
+    net = cached_model(model, None)  # loads are cached, so a name is converted once
+    built = _BUILT.setdefault(backend, weakref.WeakKeyDictionary())
+    if net not in built:
+        built[net] = OnnxModel((build or export_bytes)(net))
+    return built[net]
 
 
 def export_and_check(model: AudioResNet, path: str | os.PathLike, batch: int = 3,

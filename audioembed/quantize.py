@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,7 @@ import torch
 from audioembed import frontend
 from audioembed.audio_io import AudioError, audio_files, load_waveform
 from audioembed.errors import InvalidArgumentError
-from audioembed.loading import ONNX, cached_model, parse_model_spec
-from audioembed.onnx_backend import INPUT_NAME, OnnxModel, export_bytes, require
+from audioembed.onnx_backend import INPUT_NAME, OnnxModel, export_bytes, onnx_model, require
 from audioembed.outputs import atomic_write
 
 CALIBRATION_WINDOWS = 150
@@ -127,27 +125,12 @@ def agreement(reference, candidate, windows: torch.Tensor) -> dict:
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "windows": int(len(cos))}
 
 
-_QUANTIZED: "weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]" = weakref.WeakKeyDictionary()
-_FILES: dict[str, OnnxModel] = {}
-
-
 def int8_model(model, device=None) -> OnnxModel:
     """The int8 network for ``embed(..., backend="onnx-int8")``: an ``.onnx`` file as it is
     (e.g. from ``export-onnx --int8``), or any model ``load_model`` knows, quantized once per
     process with the default calibration set."""
-    if isinstance(model, OnnxModel):
-        return model
-    if device is not None and torch.device(device).type != "cpu":
-        raise InvalidArgumentError(f'backend="onnx-int8" runs on the CPU (onnxruntime); got device={device!r}')
-    if isinstance(model, (str, os.PathLike)) and parse_model_spec(model).kind == ONNX:
-        key = os.path.realpath(model)
-        if key not in _FILES:
-            _FILES[key] = OnnxModel(model)
-        return _FILES[key]
-    net = cached_model(model, None)
-    if net not in _QUANTIZED:
-        _QUANTIZED[net] = OnnxModel(quantize_bytes(export_bytes(net), calibration_windows()))
-    return _QUANTIZED[net]
+    return onnx_model(model, device, backend="onnx-int8",
+                      build=lambda net: quantize_bytes(export_bytes(net), calibration_windows()))
 
 
 def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None,
