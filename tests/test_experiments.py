@@ -187,3 +187,11 @@ def test_the_paper_recipe_resolves_to_valid_training_configs():
         assert (config.lr, config.mining) in ((1e-4, True), (1e-6, False)), arm.name
         if "explicit_label" in config.samplers:
             assert arm.train_on == "debian-sfx-topline-train" and arm.role == "topline"
+
+
+def test_the_committed_paper_tables_match_their_results():
+    """What `python -m training experiment paper_tables.toml --check` checks, on every CI run."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "training/recipes/debian/paper_tables.toml")
+    if not exp.markdown.exists():
+        pytest.skip("no paper tables committed yet")
+    assert tables.check(exp) is None
