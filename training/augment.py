@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from training.samplers import random_other
+
 _FIELDS = ("enabled", "crop_prob", "crop_min_scale", "background_prob", "background_gain", "noise_prob",
            "noise_sigma")
 
@@ -102,8 +104,6 @@ class Augment:
     def positive(self, x: np.ndarray, cache, rng: np.random.Generator, anchor_rec: int
                  ) -> tuple[np.ndarray, int | None]:
         """``(augmented window, background recording or None)``."""
-        from training.samplers import random_other
-
         y = x
         if rng.random() < self.crop_prob:
             y = resize_crop(y, rng, self.crop_min_scale)

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.negatives import gather_ranks, multi_process, shares_recording
+
 DEFAULT_MARGIN = 0.1
 
 
@@ -228,19 +230,14 @@ class NTXentLoss(nn.Module):
         self.gather = gather
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, recs: torch.Tensor):
-        from training.negatives import all_gather_rows, shares_recording
-        import torch.distributed as dist
-
         e1, e2 = F.normalize(view1.float(), dim=1), F.normalize(view2.float(), dim=1)
         b = e1.shape[0]
         z = F.normalize(self.head(torch.cat([e1, e2])), dim=1)
         recs = recs.to(z.device)
         cols, col_recs = [z], [recs]
-        if self.gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            rank = dist.get_rank()
-            zs, rs = all_gather_rows(z.detach()), all_gather_rows(recs)
-            cols += [x for r, x in enumerate(zs) if r != rank]
-            col_recs += [x for r, x in enumerate(rs) if r != rank]
+        if self.gather and multi_process():
+            cols.append(gather_ranks(z.detach())[1])
+            col_recs.append(gather_ranks(recs)[1])
         zc, rc = torch.cat(cols), torch.cat(col_recs)
         logits = z @ zc.T / self.temperature
         n = 2 * b

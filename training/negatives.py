@@ -34,11 +34,18 @@ def shares_recording(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (same & valid).flatten(2).any(2)
 
 
-def all_gather_rows(x: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's ``x`` (same shape on all ranks), in rank order; no gradient flows through."""
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return out
+def multi_process() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(every rank's x, the other ranks' x)``, each concatenated in rank order (same shape on
+    all ranks); no gradient flows through."""
+    rows = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, x.contiguous())
+    rank = dist.get_rank()
+    return torch.cat(rows), torch.cat([r for i, r in enumerate(rows) if i != rank])
 
 
 class CrossBatchMemory:
@@ -81,40 +88,36 @@ class NegativePool:
 
     def __init__(self, gather: bool = False, xbm_size: int = 0, xbm_start_step: int = 0, dim: int = 128,
                  device: torch.device | str = "cpu"):
-        self.gather = bool(gather) and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1
+        self.gather = bool(gather) and multi_process()
         self.memory = CrossBatchMemory(xbm_size, dim, device) if xbm_size > 0 else None
         self.xbm_start_step = int(xbm_start_step)
 
     def build(self, anchor, positive, negative, recs, candidates, pool_ok):
-        """``(pool (M, D), allowed (B, M) bool, own (B,) index of each own negative, extra)``.
+        """``(pool (M, D), allowed (B, M) bool, own (B,) index of each own negative, mine)``.
 
         ``recs``: ``(3B, REC_SLOTS)`` recording ids of ``[anchors, positives, negatives]``;
         ``candidates``: the sampler's ``(B, 3B)`` mask; ``pool_ok``: ``(B,)`` bool.
-        ``extra`` holds the detached windows this step adds (for :meth:`update`).
+        ``mine`` holds the detached windows this step adds to the memory (for :meth:`update`).
         """
         b = anchor.shape[0]
         local = torch.cat([positive, negative])
         local_recs = recs[b:]
-        parts, part_recs = [local], []
-        allowed = [candidates[:, b:]]
+        parts, allowed = [local], [candidates[:, b:]]
         other_emb, other_recs = [], []
         mine = (local.detach(), local_recs)
         if self.gather:
-            rank = dist.get_rank()
-            embs, rcs = all_gather_rows(local.detach()), all_gather_rows(local_recs)
-            other_emb = [e for r, e in enumerate(embs) if r != rank]
-            other_recs = [x for r, x in enumerate(rcs) if r != rank]
-            mine = (torch.cat(embs), torch.cat(rcs))
+            all_emb, others = gather_ranks(local.detach())
+            all_recs, others_recs = gather_ranks(local_recs)
+            other_emb, other_recs = [others], [others_recs]
+            mine = (all_emb, all_recs)
         if self.memory is not None and self.memory.filled:
             m_emb, m_recs = self.memory.contents()
             other_emb.append(m_emb)
             other_recs.append(m_recs)
         if other_emb:
             extra, extra_recs = torch.cat(other_emb).to(local.dtype), torch.cat(other_recs)
-            ok = pool_ok[:, None] & ~shares_recording(recs[:b], extra_recs)
             parts.append(extra)
-            allowed.append(ok)
+            allowed.append(pool_ok[:, None] & ~shares_recording(recs[:b], extra_recs))
         own = torch.arange(b, 2 * b, device=anchor.device)
         return torch.cat(parts), torch.cat(allowed, dim=1), own, mine
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from audioembed import frontend
 from training.feature_cache import FeatureCache
+from training.negatives import REC_SLOTS
 
 T = frontend.WINDOW_FRAMES
 _MAX_TRIES = 1000
@@ -373,8 +374,6 @@ def negative_candidates(triplets: Sequence[Triplet]) -> np.ndarray:
 
 def window_recordings(triplets: Sequence[Triplet]) -> np.ndarray:
     """``(3B, REC_SLOTS)`` recording ids of ``[anchors, positives, negatives]``, -1 padded."""
-    from training.negatives import REC_SLOTS
-
     b = len(triplets)
     out = np.full((3 * b, REC_SLOTS), -1, dtype=np.int64)
     for k, field_name in enumerate(("anchor_recordings", "positive_recordings", "negative_recordings")):
