@@ -9,6 +9,8 @@ from pathlib import Path
 # Run from a source checkout without installing: the package is the scripts' parent's sibling.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from training.machine import SPEED_FLAGS, cpu_flags as found  # noqa: E402
+
 
 def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
     """Wall times of each function over ``repeats`` rounds, the functions alternating.
@@ -37,14 +39,6 @@ def machine_line(load_before: str) -> str:
             f"load average {load_average()} (before: {load_before})")
 
 
-_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-
-
 def cpu_flags() -> str:
     """The CPU features that change these benchmarks' numbers (bf16, int8 and wide vectors)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return " ".join(fl for fl in _FLAGS if fl in flags) or "none of " + ",".join(_FLAGS)
+    return " ".join(found()) or "none of " + ",".join(SPEED_FLAGS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -22,33 +21,14 @@ import torch
 
 from audioembed.outputs import atomic_write
 from training.experiments.recipe import Arm, Experiment
+from training.machine import machine_info
 
 SCHEMA = "audioembed-experiment-arm/1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 class ExperimentError(RuntimeError):
     """An arm that could not be completed; the message names the arm and the step."""
-
-
-def machine_info() -> dict:
-    """What the numbers were measured on: CPU model and the flags that change speed, cores,
-    GPU, and the software versions."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_flags": [f for f in _CPU_FLAGS if f in flags], "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def arm_json(exp: Experiment, arm: Arm) -> Path:
