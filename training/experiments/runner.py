@@ -233,7 +233,9 @@ def run_arm(exp: Experiment, arm: Arm, log: Callable[[str], None] = print) -> di
         record["results"] = _evaluate(exp, arm, model, run_dir, log)
     record["machine"] = machine_info()
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    record["evaluation_wall_s"] = round(time.time() - t0, 1)
+    # This invocation's wall time: evaluation plus whatever training it did (the total training
+    # time over all resumes is train.wall_s).
+    record["run_wall_s"] = round(time.time() - t0, 1)
     _write_json(arm_json(exp, arm), record)
     log(f"arm {arm.name}: wrote {arm_json(exp, arm)}")
     return record
