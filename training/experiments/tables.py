@@ -73,6 +73,11 @@ def _rel(path: Path, exp: Experiment) -> str:
         return str(path)
 
 
+def _head(*columns: str) -> list[str]:
+    """A Markdown table's header and rule lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _label(arm: Arm) -> str:
     return arm.label + (" †" if arm.note else "")
 
@@ -94,10 +99,9 @@ def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]
     base, top = exp.with_role("baseline"), exp.with_role("topline")
     b = results.get(base.name) if base else None
     t = results.get(top.name) if top else None
-    lines = [f"**{dataset}** ({_dataset_line(results, dataset)})", "",
-             "| Representation | Triplets | QbE mAP | QbE recovery | Classifier mAP, 1 layer | "
-             "Classifier mAP, 2 layers | Classifier recovery (1 / 2 layers) | Paper (AudioSet): QbE / 1 / 2 layers |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"**{dataset}** ({_dataset_line(results, dataset)})", ""] + _head(
+        "Representation", "Triplets", "QbE mAP", "QbE recovery", "Classifier mAP, 1 layer",
+        "Classifier mAP, 2 layers", "Classifier recovery (1 / 2 layers)", "Paper (AudioSet): QbE / 1 / 2 layers")
     for arm in exp.arms:
         if "2" not in arm.tables:
             continue
@@ -117,9 +121,8 @@ def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]
 
 
 def table1(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    cols = " | ".join(f"QbE mAP, {d}" for d in exp.datasets)
-    lines = [f"| Sampler | Parameter | Value | {cols} | Paper (AudioSet) QbE |",
-             "|---|---|---|" + "---|" * len(exp.datasets) + "---|"]
+    lines = _head("Sampler", "Parameter", "Value", *(f"QbE mAP, {d}" for d in exp.datasets),
+                  "Paper (AudioSet) QbE")
     arms = [a for a in exp.arms if "1" in a.tables]
     for arm in sorted(arms, key=lambda a: (a.sweep["param"], a.sweep["value"])):
         rec = results.get(arm.name)
@@ -130,9 +133,7 @@ def table1(exp: Experiment, results: dict[str, dict]) -> list[str]:
 
 
 def table3(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    cols = " | ".join(f"mAP, {d}" for d in exp.datasets)
-    lines = [f"| Representation | Classifier | {cols} | Paper (AudioSet) |",
-             "|---|---|" + "---|" * len(exp.datasets) + "---|"]
+    lines = _head("Representation", "Classifier", *(f"mAP, {d}" for d in exp.datasets), "Paper (AudioSet)")
     for arm in exp.arms:
         if "3" not in arm.tables:
             continue
@@ -159,8 +160,7 @@ def table3(exp: Experiment, results: dict[str, dict]) -> list[str]:
 
 
 def runs_table(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    lines = ["| Arm | Kind | Triplets seen | Training wall time | Machine | Training command |",
-             "|---|---|---|---|---|---|"]
+    lines = _head("Arm", "Kind", "Triplets seen", "Training wall time", "Machine", "Training command")
     for arm in exp.arms:
         rec = results.get(arm.name)
         if rec is None:
