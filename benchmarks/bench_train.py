@@ -40,7 +40,7 @@ from training.feature_cache import CacheWriter  # noqa: E402
 from training.losses import TripletLoss  # noqa: E402
 from training.samplers import DEFAULT_JOINT  # noqa: E402
 from training.config import from_dict  # noqa: E402
-from training.trainer import StepBatches, batch_stream, train_step, use_bf16  # noqa: E402
+from training.trainer import StepBatches, batch_stream, bf16_enabled, train_step  # noqa: E402
 from common import cpu_flags, interleaved_times  # noqa: E402
 
 
@@ -128,8 +128,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(layers=tuple(int(x) for x in args.layers.split(",")))
-    bf16 = use_bf16(from_dict({"data": {"cache": "."}, "runtime": {"bf16": "auto"}}), torch.device("cpu")) \
-        if args.bf16 == "auto" else args.bf16 == "on"
+    bf16 = bf16_enabled({"auto": "auto", "on": True, "off": False}[args.bf16], torch.device("cpu"))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     b = args.batch
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "

@@ -247,10 +247,16 @@ def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
 
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
-    """Whether to autocast to bf16: configured, or by default where the hardware computes it
-    natively (CUDA; CPUs with AVX512-BF16 or AMX: see the README's measurements)."""
-    if config.bf16 != "auto":
-        return bool(config.bf16)
+    """Whether a run autocasts to bf16 (its ``[runtime] bf16``, see :func:`bf16_enabled`)."""
+    return bf16_enabled(config.bf16, device)
+
+
+def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: ``setting`` when true or false; for ``"auto"``, where the
+    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see the README's
+    measurements)."""
+    if setting != "auto":
+        return bool(setting)
     if device.type == "cuda":
         return True
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)

@@ -22,6 +22,7 @@ from audioembed import frontend
 from audioembed.model import AudioResNet, ModelConfig
 from training.evaluation.classifiers import light_split
 from training.evaluation.metrics import classifier_scores, segment_means
+from training.trainer import bf16_enabled
 
 _OPTIONS = {"steps", "batch_size", "lr", "layers", "base_width", "bf16"}
 
@@ -47,8 +48,7 @@ class ScratchConfig:
 
 
 def _autocast(setting):
-    native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    on = native if setting == "auto" else bool(setting)
+    on = bf16_enabled(setting, torch.device("cpu"))
     return torch.autocast("cpu", dtype=torch.bfloat16) if on else nullcontext()
 
 
