@@ -70,10 +70,9 @@ def synthetic_audio(n_clips: int = 60, seconds: float = 2.0, seed: int = 0) -> l
     return clips
 
 
-def calibration_windows(audio_dir: str | os.PathLike | None = None, n: int = CALIBRATION_WINDOWS,
-                        seed: int = 0) -> torch.Tensor:
-    """``(n, 96, 64)`` log-mel windows: from the audio files under ``audio_dir`` (a seeded
-    sample of all their windows), or from :func:`synthetic_audio`."""
+def _all_windows(audio_dir: str | os.PathLike | None, seed: int) -> torch.Tensor:
+    """Every log-mel window of the audio under ``audio_dir`` (or of :func:`synthetic_audio`
+    with ``seed``), in an order shuffled with ``seed``."""
     if audio_dir is None:
         clips = synthetic_audio(seed=seed)
     else:
@@ -87,8 +86,14 @@ def calibration_windows(audio_dir: str | os.PathLike | None = None, n: int = CAL
     x = torch.cat([w for w in windows if len(w)]) if windows else torch.empty(0)
     if len(x) == 0:
         raise InvalidArgumentError(f"no calibration windows found{f' under {audio_dir}' if audio_dir else ''}")
-    pick = np.random.default_rng(seed).permutation(len(x))[:n]
-    return x[torch.from_numpy(np.sort(pick))]
+    return x[torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))]
+
+
+def calibration_windows(audio_dir: str | os.PathLike | None = None, n: int = CALIBRATION_WINDOWS,
+                        seed: int = 0) -> torch.Tensor:
+    """``(n, 96, 64)`` log-mel windows: a seeded sample of those of the audio files under
+    ``audio_dir``, or of :func:`synthetic_audio`."""
+    return _all_windows(audio_dir, seed)[:n]
 
 
 def quantize_bytes(fp32_onnx: bytes, windows: torch.Tensor, batch: int = 16) -> bytes:
@@ -136,9 +141,12 @@ def int8_model(model, device=None) -> OnnxModel:
 def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None,
                 pooled: bool = False) -> dict:
     """Write ``model`` quantized to ``path``; returns its agreement with fp32 on windows it was
-    not calibrated on (the synthetic set of another seed, or the calibration folder's others)."""
-    calib = calibration_windows(calibrate)
+    not calibrated on: the synthetic set of another seed, or the calibration folder's next
+    windows (the synthetic set when the folder has none to spare)."""
+    every = _all_windows(calibrate, 0)
+    calib, held_out = every[:CALIBRATION_WINDOWS], every[CALIBRATION_WINDOWS:2 * CALIBRATION_WINDOWS]
+    if calibrate is None or not len(held_out):
+        held_out = calibration_windows(seed=1)
     data = quantize_bytes(export_bytes(model, pooled), calib)
     atomic_write(Path(path), lambda f: f.write(data))
-    held_out = calibration_windows(calibrate, seed=1)
     return agreement(model.eval(), OnnxModel(data), held_out)
