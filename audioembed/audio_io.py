@@ -6,6 +6,7 @@ run can list it and go on.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import stat
@@ -413,15 +414,17 @@ class SampleChecker:
         self.peak = 0.0  # largest |sample|
 
     def update(self, block: np.ndarray) -> None:
-        finite = np.isfinite(block)
-        if not finite.all():
-            first = self.count + int(np.argmin(finite))
-            raise AudioError(f"{self.name}: contains NaN or infinite samples (the first is sample "
-                             f"{first})")
         if block.size:
-            self.peak = max(self.peak, float(block.max()), -float(block.min()))
-        if self.silent and block.any():
-            self.silent = False
+            # Two passes over the block instead of four: a NaN or an infinity makes max or min
+            # non-finite, and the block is all zeros exactly when both are zero.
+            hi, lo = float(block.max()), float(block.min())
+            if not (math.isfinite(hi) and math.isfinite(lo)):
+                first = self.count + int(np.argmin(np.isfinite(block)))
+                raise AudioError(f"{self.name}: contains NaN or infinite samples (the first is "
+                                 f"sample {first})")
+            self.peak = max(self.peak, hi, -lo)
+            if hi != 0 or lo != 0:
+                self.silent = False
         self.count += block.size
 
     def finish(self) -> bool:

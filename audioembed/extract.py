@@ -239,11 +239,12 @@ MODEL_LOAD_ERRORS = (AudioembedError,)
 
 
 def default_workers(device: str | None, backend: str = "torch") -> int:
-    """Feature threads when none are asked for: one, except for a CPU network on a machine
-    with two cores or fewer, where the thread only competes with the network's own
+    """Feature threads when none are asked for: one, except for a torch network on the CPU of
+    a machine with two cores or fewer, where the thread only competes with the network's own
+    OpenMP threads. onnxruntime's threads sleep when idle, so there the worker fills the gaps
     (``benchmarks/bench_scale.py``; the README has the figures)."""
-    on_cpu = backend == "onnx" or device is None or torch.device(device).type == "cpu"
-    return 0 if on_cpu and (os.cpu_count() or 1) <= 2 else 1
+    torch_on_cpu = backend == "torch" and (device is None or torch.device(device).type == "cpu")
+    return 0 if torch_on_cpu and (os.cpu_count() or 1) <= 2 else 1
 
 
 def load_model_for_cli(model, device: str | None, backend: str = "torch"):

@@ -109,6 +109,10 @@ class OnnxModel:
         opts = ort.SessionOptions()
         # As many threads as torch uses, so the two backends compare like for like.
         opts.intra_op_num_threads = threads or torch.get_num_threads()
+        # Idle intra-op threads sleep instead of spinning: a spinning thread holds a core that
+        # the feature worker (extract's default for this backend) or another process needs
+        # (benchmarks/bench_scale.py measures both; the README has the figures).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else os.fspath(model)
         try:
             self.session = ort.InferenceSession(source, sess_options=opts,

@@ -2,7 +2,7 @@
 
 Each stage keeps only the overlap the next block needs, so memory does not grow with the
 length of the input, and the output equals the whole-signal computation
-(``frontend.log_mel_windows(audio_io.load_waveform(x))``): the resampler to the bit, the STFT
+(``frontend.log_mel_windows(audio_io.load_waveform(x))``): the resampled samples to the bit, the STFT
 frames up to float rounding of its batched products (to the bit, too, in the tests):
 
 * ``resample.make_resampler``: torchaudio's polyphase filter, fed block by block (see

@@ -13,10 +13,14 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
 2. Throughput over ``--clips`` five-second clips (44.1 kHz, generated here): ``extract`` end to
    end (files found, read, resampled, framed, embedded, npz written) with 1 feature worker and
    with none, against the model alone on the same windows, in the same run, alternating
-   rounds; windows/s, the ratio (target >= 0.9) and the real-time factor. With onnxruntime
+   rounds; windows/s, the ratio (target >= 0.95) and the real-time factor. With onnxruntime
    installed, the same for ``backend="onnx"`` and ``"onnx-int8"`` (statically quantized)
-   against onnxruntime alone, and int8 end to end over torch end to end (``--no-onnx``: skip).
-3. The same folder through ``audioembed extract`` as one process and as two ``--shard``
+   against onnxruntime alone, and int8 end to end over torch end to end, each with the number of
+   feature workers ``extract`` uses by default on this machine (``--no-onnx``: skip).
+3. Where the time goes (``--only profile``): one ``extract`` per backend under cProfile, the
+   share of the wall time in the network, decoding, sample checks, resampling, STFT + mel and
+   windowing.
+4. The same folder through ``audioembed extract`` as one process and as two ``--shard``
    processes at once (wall time, process start and model load included).
 
 Each process uses ``--threads`` intra-op threads (shards: one each). The machine's load
@@ -165,8 +169,10 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         def int8_only() -> None:
             for b in batches:
                 int8_net(b)
-        runs.update({"onnx e2e, no worker": (e2e(0, "onnx"), "onnx model only"),
+        runs.update({"onnx e2e, 1 worker": (e2e(1, "onnx"), "onnx model only"),
+                     "onnx e2e, no worker": (e2e(0, "onnx"), "onnx model only"),
                      "onnx model only": (onnx_only, None),
+                     "onnx-int8 e2e, 1 worker": (e2e(1, "onnx-int8"), "onnx-int8 model only"),
                      "onnx-int8 e2e, no worker": (e2e(0, "onnx-int8"), "onnx-int8 model only"),
                      "onnx-int8 model only": (int8_only, None)})
     for fn, _ in runs.values():
@@ -182,9 +188,57 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         print(f"  {name:>24}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time){ratio}")
     if "onnx-int8 e2e, no worker" in times:
+        from audioembed.extract import default_workers
+
         best = {k: min(v) for k, v in times.items()}
-        print(f"  onnx-int8 e2e / torch e2e (no worker): "
-              f"{best['e2e, no worker'] / best['onnx-int8 e2e, no worker']:.2f}x (target >= 2.0)")
+        label = {0: "no worker", 1: "1 worker"}
+        torch_row, int8_row = (f"e2e, {label[default_workers(None)]}",
+                               f"onnx-int8 e2e, {label[default_workers(None, 'onnx-int8')]}")
+        print(f"  onnx-int8 e2e / torch e2e, each with extract's default workers here "
+              f"({int8_row!r} / {torch_row!r}): {best[torch_row] / best[int8_row]:.2f}x (target >= 2.0)")
+
+
+# Where extract's time goes: (label, functions whose cumulative time it is). The stages do not
+# nest, except that "network" and the feature stages together are inside extract.run.
+PROFILE_STAGES = [
+    ("network", [("audioembed/api.py", "embed_windows")]),
+    ("decode + downmix", [("audioembed/audio_io.py", "blocks")]),
+    ("sample checks", [("audioembed/audio_io.py", "update")]),
+    ("resample", [("audioembed/resample.py", "_run")]),
+    ("STFT + mel", [("audioembed/frontend.py", "mel_energies")]),
+    ("windows + log", [("audioembed/streaming.py", "_cut")]),
+]
+
+
+def profile(folder: Path, model: Path, args) -> None:
+    """One ``extract.run`` over the folder under cProfile, no worker, per backend: the share of
+    each stage in the wall time (the rest is batching, copies, outputs and Python glue)."""
+    import cProfile
+    import pstats
+
+    from audioembed import extract
+
+    backends = ["torch"] + (["onnx", "onnx-int8"] if args.onnx else [])
+    print(f"\n[3] where the time goes: extract over the folder under cProfile, no worker, "
+          f"{args.threads} thread(s); CPU flags: {cpu_flags()}")
+    print(f"  {'backend':>10} {'wall':>7} " + " ".join(f"{label:>16}" for label, _ in PROFILE_STAGES) + f" {'other':>8}")
+    for backend in backends:
+        def go() -> None:
+            extract.run([folder], folder.parent / "p.npz", model=model, workers=0, overwrite=True,
+                        backend=backend, progress=False)
+        go()  # warm-up (and, for onnx-int8, the one quantization per process)
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.runcall(go)
+        wall = time.perf_counter() - t0
+        stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+        shares = []
+        for _, funcs in PROFILE_STAGES:
+            ct = sum(v[3] for (f, _, name), v in stats.items()
+                     if any(f.endswith(path) and name == fn for path, fn in funcs))
+            shares.append(ct / wall)
+        print(f"  {backend:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
+              + f" {100 * (1 - sum(shares)):7.1f}%")
 
 
 def shards(folder: Path, model: Path, n_windows: int, args) -> None:
@@ -206,7 +260,7 @@ def shards(folder: Path, model: Path, n_windows: int, args) -> None:
         "1 process, 2 threads": [(cmd("s.npz"), 2)],
         "2 shard processes, 1 thread each": [(cmd("p.npz", "--shard", f"{k}/2"), 1) for k in range(2)],
     }
-    print(f"\n[3] audioembed extract over the folder as separate processes (start, load, embed, write)")
+    print(f"\n[4] audioembed extract over the folder as separate processes (start, load, embed, write)")
     for name, runs in configs.items():
         wall = timed(runs)
         print(f"  {name:>34}: {wall:6.1f} s, {n_windows / wall:6.1f} windows/s")
@@ -222,7 +276,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-onnx", dest="onnx", action="store_false",
                     help="Skip the onnxruntime rows of the throughput section (needs audioembed[onnx]).")
-    ap.add_argument("--only", choices=["memory", "throughput", "shards"], action="append",
+    ap.add_argument("--only", choices=["memory", "throughput", "profile", "shards"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -232,7 +286,7 @@ def main() -> None:
 
     from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
 
-    parts = args.only or ["memory", "throughput", "shards"]
+    parts = args.only or ["memory", "throughput", "profile", "shards"]
     torch.set_num_threads(args.threads)
     load_before = load_average()
     t_start = time.perf_counter()
@@ -245,7 +299,7 @@ def main() -> None:
         del net
         if "memory" in parts:
             memory(tmp, model, model_mb, args)
-        if "throughput" in parts or "shards" in parts:
+        if {"throughput", "profile", "shards"} & set(parts):
             folder = tmp / "clips"
             folder.mkdir()
             for i in range(args.clips):
@@ -255,6 +309,8 @@ def main() -> None:
             n_windows = args.clips * len(per_clip)
             if "throughput" in parts:
                 throughput(folder, model, args.clips * args.clip_seconds, args)
+            if "profile" in parts:
+                profile(folder, model, args)
             if "shards" in parts:
                 shards(folder, model, n_windows, args)
     print(f"\n{machine_line(load_before)}; total {time.perf_counter() - t_start:.0f} s")

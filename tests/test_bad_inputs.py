@@ -211,7 +211,7 @@ def test_phase_resampler_is_torchaudios_filter(sr):
 
     from audioembed import resample as rs
 
-    # The common rates keep torchaudio's dense filter (bit-identical, see test_streaming); the
+    # The common rates use torchaudio's own filter matrix (see test_streaming); the
     # phase table is the same formula, checked against torchaudio in float64.
     assert rs.uses_dense_kernel(sr)
     x = (0.2 * np.random.default_rng(sr).standard_normal(sr + 17)).astype(np.float32)

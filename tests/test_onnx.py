@@ -50,9 +50,13 @@ def test_onnxruntime_matches_torch(exported, tiny_model_dir, batch):
     x = torch.randn(batch, 96, 64, generator=torch.Generator().manual_seed(batch)) - 4
     with torch.inference_mode():
         want = net(x).numpy()
-    got = OnnxModel(exported)(x)
+    onnx_net = OnnxModel(exported)
+    got = onnx_net(x)
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.abs(got - want).max() <= TOL
+    # Idle intra-op threads sleep, leaving the core to extract's feature worker.
+    opts = onnx_net.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_embed_with_the_onnx_backend(exported, tiny_model_dir, make_wav):
@@ -105,11 +109,13 @@ def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, t
     assert res.exit_code == 2 and "--backend onnx" in res.output
 
 
-def test_default_workers_leave_two_cores_to_a_cpu_network(monkeypatch):
+def test_default_workers_leave_two_cores_to_a_torch_cpu_network(monkeypatch):
     from audioembed import extract
 
     monkeypatch.setattr(extract.os, "cpu_count", lambda: 2)
-    assert extract.default_workers(None) == 0 and extract.default_workers("cpu", "onnx") == 0
+    assert extract.default_workers(None) == 0 and extract.default_workers("cpu") == 0
+    # onnxruntime's idle threads sleep (OnnxModel turns spinning off): a worker fills the gaps.
+    assert extract.default_workers("cpu", "onnx") == 1 and extract.default_workers(None, "onnx-int8") == 1
     assert extract.default_workers("cuda") == 1
     monkeypatch.setattr(extract.os, "cpu_count", lambda: 16)
     assert extract.default_workers(None) == 1

@@ -38,6 +38,26 @@ def test_block_resampler_equals_torchaudio(sr):
     assert torch.equal(got, resample(x, sr))
 
 
+@pytest.mark.parametrize("sr", [44100, 48000, 22050, 11025, 8000, 24000])
+def test_banded_filter_keeps_every_tap_that_counts(sr):
+    from audioembed import resample as rs
+
+    dense, _ = rs._resample_kernel(sr)
+    bands, stride, reach = rs._banded_kernel(sr)
+    n_bands, band, cols = bands.shape
+    rebuilt = torch.zeros(reach, dense.shape[1])
+    for b in range(n_bands):
+        rebuilt[b * stride:b * stride + band, b * cols:(b + 1) * cols] = bands[b]
+    # Every tap torchaudio's window does not clamp is in its band, with its value; only the
+    # clamped ones (~1e-24) are left out, and nothing lies past torchaudio's taps.
+    kept = dense.abs() > rs.NEGLIGIBLE_TAP
+    assert torch.equal(rebuilt[:dense.shape[0]][kept], dense[kept])
+    assert not rebuilt[:dense.shape[0]][~kept].any() and not rebuilt[dense.shape[0]:].any()
+    assert (dense[~kept].abs() < 1e-20).all()
+    if sr == 44100:  # the common case does a third of the dense product's work
+        assert bands.numel() < 0.35 * dense.numel()
+
+
 @pytest.mark.parametrize("hop", [1, 48, 50, 96, 100, 150])
 def test_window_stream_follows_window_starts(hop):
     rng = np.random.default_rng(hop)
