@@ -1,4 +1,4 @@
-"""Click commands ``cache``, ``train`` and ``export`` (registered in ``training.cli``)."""
+"""Click commands ``cache``, ``cache-stats``, ``train`` and ``export`` (registered in ``training.cli``)."""
 from __future__ import annotations
 
 import os
@@ -34,6 +34,25 @@ def cache(manifest, root, out, jobs, block_frames):
         click.echo(f"  skipped {line}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more: see {Path(out) / 'failures.json'}", err=True)
+
+
+@click.command("cache-stats")
+@click.argument("cache_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--max-offset-frames", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Temporal proximity's reach (frames of 10 ms), as in the recipe's sampler.")
+@click.option("--draws", type=click.IntRange(min=1), default=20000, show_default=True,
+              help="Temporal-proximity draws to measure offsets on.")
+def cache_stats(cache_dir, max_offset_frames, draws):
+    """What CACHE_DIR offers the samplers: file lengths, and how far temporal proximity's
+    positives lie from their anchors."""
+    from training.cache_stats import describe, format_stats
+    from training.feature_cache import CacheError, FeatureCache
+
+    try:
+        stats = describe(FeatureCache(cache_dir), max_offset_frames=max_offset_frames, draws=draws)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_stats(stats))
 
 
 @click.command()

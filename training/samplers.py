@@ -228,17 +228,19 @@ class TemporalProximity(TripletSampler):
         start = int(rng.integers(_max_start(cache.file_frames[f]) + 1))
         return f, int(cache.file_recording[f]), int(cache.file_start[f]) + start
 
-    def sample(self, cache, rng):
-        f, rec, start = self._anchor(cache, rng)
+    def positive_start(self, cache, rng, rec: int, start: int) -> int:
+        """The positive's start frame in recording ``rec`` for an anchor starting at ``start``."""
         last = _max_start(cache.lengths[rec])
         lo, hi = max(0, start - self.max_offset_frames), min(last, start + self.max_offset_frames)
-        if hi > lo:
-            # Draw from the range without the anchor's own start.
-            p_start = int(rng.integers(lo, hi))
-            if p_start >= start:
-                p_start += 1
-        else:
-            p_start = start
+        if hi <= lo:
+            return start
+        # Draw from the range without the anchor's own start.
+        p_start = int(rng.integers(lo, hi))
+        return p_start + 1 if p_start >= start else p_start
+
+    def sample(self, cache, rng):
+        f, rec, start = self._anchor(cache, rng)
+        p_start = self.positive_start(cache, rng, rec, start)
         recs = frozenset([rec])
         return self._with_random_negative(cache, rng, Window(cache.window(rec, start), recs),
                                           Window(cache.window(rec, p_start), recs))
