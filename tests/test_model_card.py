@@ -45,6 +45,11 @@ def test_summary_keeps_dev_measurements_apart_and_stops_at_the_released_step(tmp
     assert s["last_2_log_lines"]["loss"] == pytest.approx(0.04)
     assert [d["qbe_map"] for d in s["dev_qbe"]] == [0.33, 0.41]
     assert "0.410 @ 64" in training_markdown({**s, "hardware": "test"})
+    # Exported at step 4, whose loss line is not logged (log_every 3): the dev line at step 4
+    # gives the run's end, so steps and triplets match the model's provenance.
+    _log(log, [dev(0, 0.33), _row(3, 0.03, 96, 9.6), dev(4, 0.45), _row(6, 0.02, 192, 19.0)])
+    s = summarize_log(log, last=2, up_to_step=4)
+    assert s["steps"] == 4 and s["triplets_seen"] == 128
 
 
 def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):
@@ -63,7 +68,7 @@ def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):
     r = runner.invoke(model_card, args + ["--run-log", str(log), "--hardware", "test CPU"])
     assert r.exit_code == 0, r.output
     text = card.read_text()
-    assert "TABLE 1" in text and "| triplets seen | 32 (translation 32) |" in text and "test CPU" in text
+    assert "TABLE 1" in text and "| triplets seen | 32 (by sampler, over the logged steps: translation 32) |" in text and "test CPU" in text
     assert runner.invoke(model_card, args + ["--check"]).exit_code == 0
     card.write_text(text.replace("TABLE 1", "TABLE typed by hand"))
     stale = runner.invoke(model_card, args + ["--check"])

@@ -60,9 +60,12 @@ def summarize_log(log_path: str | os.PathLike, last: int = 20, up_to_step: int |
         for k, v in r.get("samplers", {}).items():
             counts[k] = counts.get(k, 0) + v
     final = rows[-1]
+    # The run's end is its last line up to the export step: a dev line at the exported step
+    # comes after the last loss line when the step is not a multiple of log_every.
+    end_line = max((r for r in lines if "triplets_seen" in r), key=lambda r: r["step"])
     return {
-        "steps": final["step"],
-        "triplets_seen": final["triplets_seen"],
+        "steps": end_line["step"],
+        "triplets_seen": end_line["triplets_seen"],
         "train_hours": round(final["elapsed_s"] / 3600, 3),
         "mean_triplets_per_s": round(final["triplets_seen"] / max(final["elapsed_s"], 1e-9), 2),
         f"last_{len(tail)}_log_lines": {k: round(mean(k), 4) for k in ("loss", "active", "d_ap", "d_an")},
@@ -80,7 +83,7 @@ def training_markdown(summary: dict) -> str:
         "| quantity | value |",
         "| --- | --- |",
         f"| optimizer steps | {summary['steps']:,} |",
-        f"| triplets seen | {summary['triplets_seen']:,} ({by}) |",
+        f"| triplets seen | {summary['triplets_seen']:,} (by sampler, over the logged steps: {by}) |",
         f"| training time | {summary['train_hours']} h on {summary.get('hardware', 'see provenance')} |",
         f"| mean rate | {summary['mean_triplets_per_s']} triplets/s |",
         f"| loss, first log line → mean of last log lines | {first['loss']} → {end['loss']} |",
