@@ -67,10 +67,12 @@ def _metric(record: dict | None, dataset: str, metric: str):
 
 
 def _rel(path: Path, exp: Experiment) -> str:
-    try:
-        return str(path.relative_to(exp.path.parents[2]))  # repo root: training/recipes/<x>/
-    except ValueError:
-        return str(path)
+    """``path`` from the repository root (the folder above the recipe holding pyproject.toml),
+    so the printed command runs from there; absolute when the recipe is outside a checkout."""
+    here = exp.path.resolve()
+    root = next((d for d in here.parents if (d / "pyproject.toml").is_file()), None)
+    target = path.resolve()
+    return str(target.relative_to(root)) if root is not None and target.is_relative_to(root) else str(path)
 
 
 def _head(*columns: str) -> list[str]:
