@@ -123,6 +123,28 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     assert f"| {q:.3f} |" in noise_t2
 
 
+def test_scratch_resumes_from_its_stored_trials(finished, monkeypatch):
+    tmp, recipe = finished
+    exp = load_experiment(recipe)
+    arm = next(a for a in exp.arms if a.name == "scratch")
+    stored = sorted((exp.runs / "scratch").glob("scratch-*-trial*.json"))
+    assert len(stored) == 2  # one per trial of the one dataset
+    before = json.loads((tmp / "results/toy/scratch.json").read_text())["results"]
+    from training.experiments import scratch as scratch_mod
+
+    def no_training(*a, **k):
+        raise AssertionError("a stored trial was trained again")
+    monkeypatch.setattr(scratch_mod, "train_and_score", no_training)
+    again = scratch_mod.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
+    assert json.loads(json.dumps(again)) == before  # as the arm JSON stores it
+    # A stored trial made with other clips or settings is not reused.
+    kept = json.loads(stored[0].read_text())
+    kept["key"]["seed"] += 1
+    stored[0].write_text(json.dumps(kept))
+    with pytest.raises(AssertionError, match="trained again"):
+        scratch_mod.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
+
+
 def test_figures_are_drawn_from_the_results(finished):
     tmp, _ = finished
     for name in ("dev_qbe.png", "table2_bars.png"):

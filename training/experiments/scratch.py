@@ -11,6 +11,8 @@ score is the mean sigmoid over its windows.
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -20,6 +22,7 @@ import torch
 
 from audioembed import frontend
 from audioembed.model import AudioResNet, ModelConfig
+from audioembed.outputs import atomic_write
 from training.evaluation.classifiers import light_split
 from training.evaluation.metrics import classifier_scores, segment_means
 from training.trainer import bf16_enabled
@@ -102,10 +105,23 @@ def run_scratch(exp, arm, run_dir, log=print) -> dict:
         trials = []
         for t in range(settings.light_trials):
             pool, test = splits[t % len(splits)]
-            train = light_split(data.y, pool, settings.light_per_class, rng)
+            train = light_split(data.y, pool, settings.light_per_class, rng)  # drawn even if stored
+            # Each finished trial is kept in the run folder, so an interrupted arm resumes at the
+            # next trial; a stored trial counts only if it was made with this config and clips.
+            key = json.loads(json.dumps(  # as stored: tuples become lists
+                {"config": asdict(cfg), "train": sorted(int(i) for i in train), "seed": settings.seed + t}))
+            stored = run_dir / f"scratch-{re.sub(r'[^A-Za-z0-9_.-]', '_', dataset)[-80:]}-trial{t}.json"
+            kept = json.loads(stored.read_text()) if stored.is_file() else None
+            if kept is not None and kept.get("key") == key:
+                trials.append(kept["trial"])
+                log(f"scratch {dataset} trial {t + 1}/{settings.light_trials}: mAP "
+                    f"{kept['trial']['map']:.3f} (stored)")
+                continue
             t0 = time.perf_counter()
             res = train_and_score(data, train, test, cfg, settings.max_windows, settings.seed + t)
             trials.append({**res, "split": t % len(splits), "seconds": round(time.perf_counter() - t0, 1)})
+            atomic_write(stored, lambda f: f.write(json.dumps({"key": key, "trial": trials[-1]}).encode()),
+                         fsync=True)
             log(f"scratch {dataset} trial {t + 1}/{settings.light_trials}: mAP {res['map']:.3f} "
                 f"({trials[-1]['seconds']} s)")
         maps = [r["map"] for r in trials]
