@@ -94,8 +94,8 @@ def _banded_kernel(sr: int) -> tuple[torch.Tensor, int, int]:
     bands = max(b for b in range(1, MAX_BANDS + 1) if new % b == 0)
     cols = new // bands
     used = kernel.abs() > NEGLIGIBLE_TAP
-    lo = [int(used[:, b * cols:(b + 1) * cols].any(1).nonzero().min()) for b in range(bands)]
-    hi = [int(used[:, b * cols:(b + 1) * cols].any(1).nonzero().max()) + 1 for b in range(bands)]
+    rows = [used[:, b * cols:(b + 1) * cols].any(1).nonzero() for b in range(bands)]  # taps reached
+    lo, hi = [int(r.min()) for r in rows], [int(r.max()) + 1 for r in rows]
     stride = min([lo[b] // b for b in range(1, bands)], default=0)
     band = max(hi[b] - b * stride for b in range(bands))
     padded = torch.cat([torch.where(used, kernel, 0.0),

@@ -198,15 +198,15 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
               f"({int8_row!r} / {torch_row!r}): {best[torch_row] / best[int8_row]:.2f}x (target >= 2.0)")
 
 
-# Where extract's time goes: (label, functions whose cumulative time it is). The stages do not
-# nest, except that "network" and the feature stages together are inside extract.run.
+# Where extract's time goes: (label, file, function whose cumulative time it is). The stages do
+# not nest, except that "network" and the feature stages together are inside extract.run.
 PROFILE_STAGES = [
-    ("network", [("audioembed/api.py", "embed_windows")]),
-    ("decode + downmix", [("audioembed/audio_io.py", "blocks")]),
-    ("sample checks", [("audioembed/audio_io.py", "update")]),
-    ("resample", [("audioembed/resample.py", "_run")]),
-    ("STFT + mel", [("audioembed/frontend.py", "mel_energies")]),
-    ("windows + log", [("audioembed/streaming.py", "_cut")]),
+    ("network", "audioembed/api.py", "embed_windows"),
+    ("decode + downmix", "audioembed/audio_io.py", "blocks"),
+    ("sample checks", "audioembed/audio_io.py", "update"),
+    ("resample", "audioembed/resample.py", "_run"),
+    ("STFT + mel", "audioembed/frontend.py", "mel_energies"),
+    ("windows + log", "audioembed/streaming.py", "_cut"),
 ]
 
 
@@ -221,7 +221,7 @@ def profile(folder: Path, model: Path, args) -> None:
     backends = ["torch"] + (["onnx", "onnx-int8"] if args.onnx else [])
     print(f"\n[3] where the time goes: extract over the folder under cProfile, no worker, "
           f"{args.threads} thread(s); CPU flags: {cpu_flags()}")
-    print(f"  {'backend':>10} {'wall':>7} " + " ".join(f"{label:>16}" for label, _ in PROFILE_STAGES) + f" {'other':>8}")
+    print(f"  {'backend':>10} {'wall':>7} " + " ".join(f"{label:>16}" for label, _, _ in PROFILE_STAGES) + f" {'other':>8}")
     for backend in backends:
         def go() -> None:
             extract.run([folder], folder.parent / "p.npz", model=model, workers=0, overwrite=True,
@@ -232,11 +232,8 @@ def profile(folder: Path, model: Path, args) -> None:
         prof.runcall(go)
         wall = time.perf_counter() - t0
         stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
-        shares = []
-        for _, funcs in PROFILE_STAGES:
-            ct = sum(v[3] for (f, _, name), v in stats.items()
-                     if any(f.endswith(path) and name == fn for path, fn in funcs))
-            shares.append(ct / wall)
+        shares = [sum(v[3] for (f, _, name), v in stats.items() if f.endswith(path) and name == fn) / wall
+                  for _, path, fn in PROFILE_STAGES]
         print(f"  {backend:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
               + f" {100 * (1 - sum(shares)):7.1f}%")
 

@@ -21,11 +21,12 @@ def describe(cache: FeatureCache, max_offset_frames: int = 1000, draws: int = 20
     """File-length shares and ``draws`` temporal-proximity (anchor, positive) offsets."""
     frames = cache.file_frames
     fps = frontend.FRAMES_PER_SECOND
+    full = frames >= T + max_offset_frames  # files with room for a positive max_offset away
     tp = TemporalProximity(max_offset_frames=max_offset_frames)
     rng = np.random.default_rng(seed)
     offsets = np.empty(draws, dtype=np.int64)
     for i in range(draws):
-        _, rec, start = tp._anchor(cache, rng)
+        _, rec, start = tp.anchor(cache, rng)
         offsets[i] = abs(tp.positive_start(cache, rng, rec, start) - start)
     return {
         "files": int(len(frames)),
@@ -34,8 +35,8 @@ def describe(cache: FeatureCache, max_offset_frames: int = 1000, draws: int = 20
         "median_file_seconds": float(np.median(frames) / fps),
         "files_one_window_or_less": float(np.mean(frames <= T)),
         "files_under_two_windows": float(np.mean(frames < 2 * T)),
-        "files_with_full_offset": float(np.mean(frames >= T + max_offset_frames)),
-        "hours_in_files_with_full_offset": float(frames[frames >= T + max_offset_frames].sum() / fps / 3600),
+        "files_with_full_offset": float(np.mean(full)),
+        "hours_in_files_with_full_offset": float(frames[full].sum() / fps / 3600),
         "tp_draws": draws,
         "tp_max_offset_seconds": max_offset_frames / fps,
         "tp_positive_is_anchor": float(np.mean(offsets == 0)),

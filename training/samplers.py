@@ -217,7 +217,8 @@ class TemporalProximity(TripletSampler):
     max_offset_frames: int = 1000
     name = "temporal_proximity"
 
-    def _anchor(self, cache, rng):
+    def anchor(self, cache, rng) -> tuple[int, int, int]:
+        """``(file, recording, start frame in the recording)`` of a random anchor."""
         # Anchors come from recordings longer than one window: in a recording of one window
         # the positive could only be the anchor itself, a triplet that teaches nothing about
         # proximity (many short sound-effect files are).
@@ -239,7 +240,7 @@ class TemporalProximity(TripletSampler):
         return p_start + 1 if p_start >= start else p_start
 
     def sample(self, cache, rng):
-        f, rec, start = self._anchor(cache, rng)
+        f, rec, start = self.anchor(cache, rng)
         p_start = self.positive_start(cache, rng, rec, start)
         recs = frozenset([rec])
         return self._with_random_negative(cache, rng, Window(cache.window(rec, start), recs),
