@@ -119,6 +119,10 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     shallow = logmel["results"][ds]["light_supervision"]["1"]["trials"]
     assert [t["n_train"] for t in scratch["trials"]] == [t["n_train"] for t in shallow]
     assert f"| Scratch | trained end to end | {scratch['map']:.3f} ± {scratch['map_sd']:.3f} |" in md
+    # Its provenance row says how long it ran and the command that reruns it alone.
+    wall = json.loads((tmp / "results/toy/scratch.json").read_text())["run_wall_s"]
+    assert (f"| scratch | scratch | – | {wall / 60:.0f} min (1 proc.) |" in md
+            and "--only scratch` |" in md)
     noise_t2 = next(r for r in rows if r.startswith("| Noise | 16 |"))
     assert f"| {q:.3f} |" in noise_t2
 

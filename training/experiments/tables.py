@@ -171,8 +171,14 @@ def runs_table(exp: Experiment, results: dict[str, dict]) -> list[str]:
         tr = rec.get("train") or {}
         m = rec.get("machine", {})
         mach = f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores, {' '.join(m.get('cpu_flags', []))}"
-        wall = f"{tr['wall_s'] / 60:.0f} min ({tr['world_size']} proc.)" if tr else DASH
-        cmd = f"`{tr['command']}`" if tr else (f"model `{arm.model}`" if arm.model else DASH)
+        if tr:
+            wall = f"{tr['wall_s'] / 60:.0f} min ({tr['world_size']} proc.)"
+            cmd = f"`{tr['command']}`"
+        elif arm.kind == "scratch":  # trained inside the experiment command, one process
+            wall = f"{rec['run_wall_s'] / 60:.0f} min (1 proc.)" if "run_wall_s" in rec else DASH
+            cmd = f"`python -m training experiment {_rel(exp.path, exp)} --only {arm.name}`"
+        else:
+            wall, cmd = DASH, (f"model `{arm.model}`" if arm.model else DASH)
         trip = f"{tr['triplets_seen']:,}" if tr else DASH
         lines.append(f"| {arm.name} | {arm.kind} | {trip} | {wall} | {mach} | {cmd} |")
     return lines
