@@ -194,6 +194,12 @@ def describe_read_failure(path: str, exc: Exception) -> str:
     return f"{path}: unsupported format {shown} (readable: {_READABLE})"
 
 
+# Integer subtypes read as integers and scaled here: libsndfile's own float conversion of PCM
+# WAV took 4-7x as long as a plain read (benchmarks/bench_scale.py --only profile counts decoding),
+# and its result is the same to the bit, as tests/test_audio_io.py checks for each container.
+_NATIVE_READS = {"PCM_16": ("int16", np.float32(2.0 ** -15)), "PCM_32": ("int32", np.float32(2.0 ** -31))}
+
+
 class AudioSource:
     """An input opened for reading in blocks: a path (decoded by soundfile as it is read) or an
     in-memory array or tensor (downmixed once, then sliced). ``rate`` is its sample rate.
@@ -203,6 +209,7 @@ class AudioSource:
 
     def __init__(self, audio, sr: int | None = None, name: str | None = None):
         self._file = None
+        self._native = None  # (dtype, scale) of an integer read, or None: soundfile converts
         self._samples = None
         self._path = None
         # Whether some channel held a nonzero sample: all-zero mono audio then means the
@@ -224,6 +231,7 @@ class AudioSource:
             except AudioError:
                 self._file.close()
                 raise
+            self._native = _NATIVE_READS.get(self._file.subtype)
         else:
             self.name = name or "<array>"
             self.rate = check_input_rate(sr, self.name) if sr is not None else None
@@ -250,7 +258,12 @@ class AudioSource:
             return
         while True:
             try:
-                data = self._file.read(frames, dtype="float32", always_2d=True)
+                if self._native is None:
+                    data = self._file.read(frames, dtype="float32", always_2d=True)
+                else:
+                    dtype, scale = self._native
+                    data = self._file.read(frames, dtype=dtype, always_2d=True).astype(np.float32)
+                    data *= scale
             except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
                 raise AudioError(f"{self.name}: audio data is corrupt or truncated "
                                  f"({_libsndfile_reason(exc)})") from exc
