@@ -215,9 +215,31 @@ def test_the_paper_recipe_resolves_to_valid_training_configs():
             assert arm.train_on == "debian-sfx-topline-train" and arm.role == "topline"
 
 
-def test_the_committed_paper_tables_match_their_results():
-    """What `python -m training experiment paper_tables.toml --check` checks, on every CI run."""
-    exp = load_experiment(Path(__file__).resolve().parents[1] / "training/recipes/debian/paper_tables.toml")
+def test_tables_leave_out_columns_an_experiment_has_nothing_for(finished):
+    """No topline arm: no recovery columns. ``paper_column = false``: no paper side column."""
+    import dataclasses
+
+    _, recipe = finished
+    exp = load_experiment(recipe)
+    with_paper = tables.render(exp)
+    without = tables.render(dataclasses.replace(exp, paper_column=False))
+    for md in (with_paper, without):
+        assert "recovery" not in md.lower()
+        assert "| Representation | Triplets | QbE mAP | Classifier mAP, 1 layer |" in md
+    assert with_paper.count("Paper (AudioSet)") == 3  # Tables 2, 1 and 3
+    assert "Paper (AudioSet)" not in without
+    table3 = without.split("## Table 3")[1]
+    assert "Paper" not in table3 and "| Scratch | trained end to end |" in table3
+    # Every row keeps as many cells as its header.
+    for line in without.splitlines():
+        if line.startswith("| Log-mel |") and "hidden layer" not in line:
+            assert line.count("|") == 6
+
+
+@pytest.mark.parametrize("recipe", ["paper_tables.toml", "v03_ab.toml"])
+def test_the_committed_experiment_tables_match_their_results(recipe):
+    """What `python -m training experiment RECIPE --check` checks, on every CI run."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "training/recipes/debian" / recipe)
     if not exp.markdown.exists():
-        pytest.skip("no paper tables committed yet")
+        pytest.skip(f"no {recipe} tables committed yet")
     assert tables.check(exp) is None

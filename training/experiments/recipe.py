@@ -17,6 +17,7 @@ Example (``training/recipes/debian/paper_tables.toml`` is the real one)::
     map = {dataset = "debian-sfx", models = ["logmel", "triplet-resnet50-joint"]}  # 2-D map figure
     card = "../../../MODEL_CARD.md"  # its <!-- paper_tables:start/end --> block gets the tables
     set = ["dev.every=100"]        # --set overrides for every training arm
+    # paper_column = false       # drop the "Paper (AudioSet)" side column (A/B grids)
 
     [arms.joint]                   # arms run in file order
     label = "Joint"
@@ -51,7 +52,8 @@ ROLES = (None, "baseline", "topline")
 TABLES = ("1", "2", "3")
 PAPER_KEYS = ("qbe", "clf1", "clf2", "light")
 _EXPERIMENT_KEYS = {"base", "triplets", "runs", "results", "markdown", "figures", "datasets", "nproc",
-                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation", "map", "card"}
+                    "set", "eval_threads", "seed", "title", "eval_cache", "evaluation", "map", "card",
+                    "paper_column"}
 _ARM_KEYS = {"kind", "label", "tables", "role", "set", "train_on", "model", "sweep", "note", "paper",
              "extra_light_layers", "scratch"}
 
@@ -104,6 +106,7 @@ class Experiment:
     seed: int
     title: str
     arms: tuple[Arm, ...]
+    paper_column: bool = True  # the tables' "Paper (AudioSet)" side column; off for A/B grids
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -205,6 +208,9 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     nproc = e.get("nproc", 1)
     if not isinstance(nproc, int) or nproc < 1:
         raise RecipeError(f"[experiment] nproc must be a positive integer, got {nproc!r}")
+    paper_column = e.get("paper_column", True)
+    if not isinstance(paper_column, bool):
+        raise RecipeError(f"[experiment] paper_column must be true or false, got {paper_column!r}")
     here = path.parent
     arms_table = d.get("arms", {})
     if not arms_table:
@@ -223,4 +229,4 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here),
         evaluation=_evaluation(e.get("evaluation", {})), map=_map(e.get("map")),
         card=_path(e["card"], here) if "card" in e else None, seed=int(e.get("seed", 0)),
-        title=str(e.get("title", path.stem)), arms=arms)
+        title=str(e.get("title", path.stem)), arms=arms, paper_column=paper_column)

@@ -97,45 +97,56 @@ def _dataset_line(results: dict[str, dict], dataset: str) -> str:
     return "no results yet"
 
 
+def _row(cells: list[str], keep: list[bool]) -> str:
+    return "| " + " | ".join(c for c, k in zip(cells, keep) if k) + " |"
+
+
 def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]:
+    """Table 2 for ``dataset``. The recovery columns need a topline arm; the paper's column is
+    the experiment's ``paper_column``."""
     base, top = exp.with_role("baseline"), exp.with_role("topline")
     b = results.get(base.name) if base else None
     t = results.get(top.name) if top else None
+    columns = ["Representation", "Triplets", "QbE mAP", "QbE recovery", "Classifier mAP, 1 layer",
+               "Classifier mAP, 2 layers", "Classifier recovery (1 / 2 layers)",
+               "Paper (AudioSet): QbE / 1 / 2 layers"]
+    keep = [True, True, True, top is not None, True, True, top is not None, exp.paper_column]
     lines = [f"**{dataset}** ({_dataset_line(results, dataset)})", ""] + _head(
-        "Representation", "Triplets", "QbE mAP", "QbE recovery", "Classifier mAP, 1 layer",
-        "Classifier mAP, 2 layers", "Classifier recovery (1 / 2 layers)", "Paper (AudioSet): QbE / 1 / 2 layers")
+        *(c for c, k in zip(columns, keep) if k))
     for arm in exp.arms:
         if "2" not in arm.tables:
             continue
         rec = results.get(arm.name)
         trip = _get(rec, "train", "triplets_seen")
         trip_s = f"{trip:,}" if trip else (DASH if arm.kind != "train" else "")
+        paper = _paper(arm, 'qbe', 'clf1', 'clf2')
         if rec is None or _get(rec, "results", dataset) is None:
-            lines.append(f"| {_label(arm)} | {trip_s} | {NOT_RUN} | | | | | {_paper(arm, 'qbe', 'clf1', 'clf2')} |")
+            lines.append(_row([_label(arm), trip_s, NOT_RUN, "", "", "", "", paper], keep))
             continue
         m = {k: _metric(rec, dataset, k) for k in ("qbe", "clf1", "clf2")}
         rec_q = _recovery(m["qbe"], _metric(b, dataset, "qbe"), _metric(t, dataset, "qbe"))
         rec_c = [_recovery(m[k], _metric(b, dataset, k), _metric(t, dataset, k)) for k in ("clf1", "clf2")]
-        lines.append(f"| {_label(arm)} | {trip_s} | {_f(m['qbe'])} | {_pct(rec_q)} | {_f(m['clf1'])} | "
-                     f"{_f(m['clf2'])} | {_pct(rec_c[0])} / {_pct(rec_c[1])} | "
-                     f"{_paper(arm, 'qbe', 'clf1', 'clf2')} |")
+        lines.append(_row([_label(arm), trip_s, _f(m["qbe"]), _pct(rec_q), _f(m["clf1"]), _f(m["clf2"]),
+                           f"{_pct(rec_c[0])} / {_pct(rec_c[1])}", paper], keep))
     return lines
 
 
 def table1(exp: Experiment, results: dict[str, dict]) -> list[str]:
     lines = _head("Sampler", "Parameter", "Value", *(f"QbE mAP, {d}" for d in exp.datasets),
-                  "Paper (AudioSet) QbE")
+                  *(["Paper (AudioSet) QbE"] if exp.paper_column else []))
     arms = [a for a in exp.arms if "1" in a.tables]
     for arm in sorted(arms, key=lambda a: (a.sweep["param"], a.sweep["value"])):
         rec = results.get(arm.name)
         vals = " | ".join(_f(_metric(rec, d, "qbe")) if rec else NOT_RUN for d in exp.datasets)
-        lines.append(f"| {_label(arm)} | {arm.sweep['param']} | {arm.sweep['value']} | {vals} | "
-                     f"{_paper(arm, 'qbe')} |")
+        lines.append(f"| {_label(arm)} | {arm.sweep['param']} | {arm.sweep['value']} | {vals} |"
+                     + (f" {_paper(arm, 'qbe')} |" if exp.paper_column else ""))
     return lines
 
 
 def table3(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    lines = _head("Representation", "Classifier", *(f"mAP, {d}" for d in exp.datasets), "Paper (AudioSet)")
+    paper_col = exp.paper_column
+    lines = _head("Representation", "Classifier", *(f"mAP, {d}" for d in exp.datasets),
+                  *(["Paper (AudioSet)"] if paper_col else []))
     for arm in exp.arms:
         if "3" not in arm.tables:
             continue
@@ -149,15 +160,15 @@ def table3(exp: Experiment, results: dict[str, dict]) -> list[str]:
                 out.append(NOT_RUN if r is None else (DASH if v is None else f"{v:.3f} ± {sd:.3f}"))
             return " | ".join(out)
 
+        def row(classifier: str, values: str, paper: str) -> str:
+            return f"| {_label(arm)} | {classifier} | {values} |" + (f" {paper} |" if paper_col else "")
+
         if arm.kind == "scratch":
-            lines.append(f"| {_label(arm)} | trained end to end | {cells('light_supervision', 'scratch')} | "
-                         f"{_paper(arm, 'light')} |")
+            lines.append(row("trained end to end", cells("light_supervision", "scratch"), _paper(arm, "light")))
             continue
-        lines.append(f"| {_label(arm)} | 1 hidden layer of 512 | {cells('light_supervision', '1')} | "
-                     f"{_paper(arm, 'light')} |")
+        lines.append(row("1 hidden layer of 512", cells("light_supervision", "1"), _paper(arm, "light")))
         for n in arm.extra_light_layers:
-            lines.append(f"| {_label(arm)} | {n} hidden layers of 512 | "
-                         f"{cells('light_supervision_extra', str(n))} | {DASH} |")
+            lines.append(row(f"{n} hidden layers of 512", cells("light_supervision_extra", str(n)), DASH))
     return lines
 
 
@@ -195,9 +206,11 @@ def render(exp: Experiment) -> str:
     out = [f"# {exp.title}" + (": the paper's Tables 1-3 on open data" if "1" in
                                 {t for a in exp.arms for t in a.tables} else ""), "",
            f"Every training arm starts from {_start(exp)} (seed {exp.seed}) and trains for "
-           f"{exp.triplets:,} triplets. Recovery = (row - log-mel) / (topline - log-mel) on the same "
-           "dataset and metric, shown only where the topline beats log-mel on that metric ("
-           "otherwise the gap it measures does not exist: –). Classifier and light-supervision protocols: `python -m training "
+           f"{exp.triplets:,} triplets. "
+           + ("Recovery = (row - log-mel) / (topline - log-mel) on the same dataset and metric, shown "
+              "only where the topline beats log-mel on that metric (otherwise the gap it measures does "
+              "not exist: –). " if exp.with_role("topline") else "")
+           + "Classifier and light-supervision protocols: `python -m training "
            "evaluate` (5-fold group-aware cross-validation; light supervision 20 clips per class, "
            "3 draws, mAP ± sd over draws).", ""]
     out += ["## Table 2: retrieval and classification", ""]
