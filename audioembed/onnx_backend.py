@@ -49,6 +49,7 @@ class _BothOutputs(torch.nn.Module):
     def __init__(self, net: AudioResNet):
         super().__init__()
         self.net = net
+        self.train(net.training)  # a new Module starts in training mode; the exporter reads ours
 
     def forward(self, x: torch.Tensor):
         pooled = self.net.pooled(x)
