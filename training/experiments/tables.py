@@ -97,8 +97,13 @@ def _dataset_line(results: dict[str, dict], dataset: str) -> str:
     return "no results yet"
 
 
+def _kept(items: list[str], keep: list[bool]) -> list[str]:
+    """The items whose column is shown (an experiment may lack a topline or the paper column)."""
+    return [c for c, k in zip(items, keep) if k]
+
+
 def _row(cells: list[str], keep: list[bool]) -> str:
-    return "| " + " | ".join(c for c, k in zip(cells, keep) if k) + " |"
+    return "| " + " | ".join(_kept(cells, keep)) + " |"
 
 
 def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]:
@@ -111,15 +116,14 @@ def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]
                "Classifier mAP, 2 layers", "Classifier recovery (1 / 2 layers)",
                "Paper (AudioSet): QbE / 1 / 2 layers"]
     keep = [True, True, True, top is not None, True, True, top is not None, exp.paper_column]
-    lines = [f"**{dataset}** ({_dataset_line(results, dataset)})", ""] + _head(
-        *(c for c, k in zip(columns, keep) if k))
+    lines = [f"**{dataset}** ({_dataset_line(results, dataset)})", ""] + _head(*_kept(columns, keep))
     for arm in exp.arms:
         if "2" not in arm.tables:
             continue
         rec = results.get(arm.name)
         trip = _get(rec, "train", "triplets_seen")
         trip_s = f"{trip:,}" if trip else (DASH if arm.kind != "train" else "")
-        paper = _paper(arm, 'qbe', 'clf1', 'clf2')
+        paper = _paper(arm, "qbe", "clf1", "clf2")
         if rec is None or _get(rec, "results", dataset) is None:
             lines.append(_row([_label(arm), trip_s, NOT_RUN, "", "", "", "", paper], keep))
             continue
@@ -132,36 +136,37 @@ def table2(exp: Experiment, results: dict[str, dict], dataset: str) -> list[str]
 
 
 def table1(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    lines = _head("Sampler", "Parameter", "Value", *(f"QbE mAP, {d}" for d in exp.datasets),
-                  *(["Paper (AudioSet) QbE"] if exp.paper_column else []))
+    columns = ["Sampler", "Parameter", "Value", *(f"QbE mAP, {d}" for d in exp.datasets), "Paper (AudioSet) QbE"]
+    keep = [True] * (len(columns) - 1) + [exp.paper_column]
+    lines = _head(*_kept(columns, keep))
     arms = [a for a in exp.arms if "1" in a.tables]
     for arm in sorted(arms, key=lambda a: (a.sweep["param"], a.sweep["value"])):
         rec = results.get(arm.name)
-        vals = " | ".join(_f(_metric(rec, d, "qbe")) if rec else NOT_RUN for d in exp.datasets)
-        lines.append(f"| {_label(arm)} | {arm.sweep['param']} | {arm.sweep['value']} | {vals} |"
-                     + (f" {_paper(arm, 'qbe')} |" if exp.paper_column else ""))
+        vals = [_f(_metric(rec, d, "qbe")) if rec else NOT_RUN for d in exp.datasets]
+        lines.append(_row([_label(arm), arm.sweep["param"], str(arm.sweep["value"]), *vals,
+                           _paper(arm, "qbe")], keep))
     return lines
 
 
 def table3(exp: Experiment, results: dict[str, dict]) -> list[str]:
-    paper_col = exp.paper_column
-    lines = _head("Representation", "Classifier", *(f"mAP, {d}" for d in exp.datasets),
-                  *(["Paper (AudioSet)"] if paper_col else []))
+    columns = ["Representation", "Classifier", *(f"mAP, {d}" for d in exp.datasets), "Paper (AudioSet)"]
+    keep = [True] * (len(columns) - 1) + [exp.paper_column]
+    lines = _head(*_kept(columns, keep))
     for arm in exp.arms:
         if "3" not in arm.tables:
             continue
         rec = results.get(arm.name)
 
-        def cells(*keys) -> str:
+        def cells(*keys) -> list[str]:
             out = []
             for d in exp.datasets:
                 r = _get(rec, "results", d)
                 v, sd = _get(r, *keys, "map"), _get(r, *keys, "map_sd")
                 out.append(NOT_RUN if r is None else (DASH if v is None else f"{v:.3f} ± {sd:.3f}"))
-            return " | ".join(out)
+            return out
 
-        def row(classifier: str, values: str, paper: str) -> str:
-            return f"| {_label(arm)} | {classifier} | {values} |" + (f" {paper} |" if paper_col else "")
+        def row(classifier: str, values: list[str], paper: str) -> str:
+            return _row([_label(arm), classifier, *values, paper], keep)
 
         if arm.kind == "scratch":
             lines.append(row("trained end to end", cells("light_supervision", "scratch"), _paper(arm, "light")))
