@@ -195,8 +195,9 @@ def describe_read_failure(path: str, exc: Exception) -> str:
 
 
 # Integer subtypes read as integers and scaled here: libsndfile's own float conversion of PCM
-# WAV took 4-7x as long as a plain read (benchmarks/bench_scale.py --only profile counts decoding),
-# and its result is the same to the bit, as tests/test_audio_io.py checks for each container.
+# WAV took several times as long as a plain read (hand timings, session 6; the decoding share in
+# benchmarks/bench_scale.py --only profile fell with it), and gives the same floats to the bit,
+# as tests/test_audio_io.py checks for each container.
 _NATIVE_READS = {"PCM_16": ("int16", np.float32(2.0 ** -15)), "PCM_32": ("int32", np.float32(2.0 ** -31))}
 
 
