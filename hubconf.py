@@ -9,7 +9,7 @@ From GitHub, ``torch.hub.load("<owner>/audioembed", "triplet_resnet50_joint")``,
 ``<owner>`` is the account hosting the repository.
 
 The network takes log-mel windows ``(batch, 96, 64)``; ``audioembed.embed`` runs the frontend.
-The registry's entries are made here (a name's ``-`` becomes ``_``); everything else this
+The registry's entries are made here (a name's ``-`` and ``.`` become ``_``); everything else this
 module binds starts with ``_``, so that torch.hub lists only the loaders.
 """
 
@@ -29,7 +29,7 @@ def _entry_point(entry):
             raise TypeError(f"pretrained=False takes only device=, got {sorted(kwargs)}")
         return AudioResNet(ModelConfig()).eval().to(device)
 
-    load.__name__ = load.__qualname__ = entry.name.replace("-", "_")
+    load.__name__ = load.__qualname__ = entry.identifier
     load.__doc__ = (
         f"{entry.description}; 128-d unit-norm output ({entry.license}; {entry.paper}).\n\n"
         f"``pretrained=True`` loads the released weights ({entry.source}, see MODEL_CARD.md, "
@@ -41,7 +41,7 @@ def _entry_point(entry):
 
 
 for _entry in _registry.released():
-    globals()[_entry.name.replace("-", "_")] = _entry_point(_entry)
+    globals()[_entry.identifier] = _entry_point(_entry)
 
 
 def load_model(name_or_path=None, **kwargs):

@@ -33,6 +33,11 @@ class PretrainedModel:
         return self.sha256 is not None
 
     @property
+    def identifier(self) -> str:
+        """The name as a Python identifier (torch.hub entry points): ``-`` and ``.`` become ``_``."""
+        return self.name.replace("-", "_").replace(".", "_")
+
+    @property
     def source(self) -> str:
         """Where the weights come from, as ``info`` prints it: ``bundled:FOLDER`` or
         ``hf-hub:org/repo@revision``."""
@@ -43,17 +48,20 @@ class PretrainedModel:
 
 DEFAULT_MODEL = "triplet-resnet50-joint"
 
+_V02 = dict(
+    license="CC-BY-SA-4.0",
+    paper=PAPER,
+    sha256="0415adb4b3dc3dfdfd1d2d3c4f9605c3af0301cb026433406673f357b57e38ff",
+    description="ResNet-50, joint unsupervised triplets (noise, translation, mixing, "
+                "temporal proximity) on 27.9 h of openly licensed Debian audio",
+)
+
+# DEFAULT_MODEL names the newest release; "-vX.Y" names stay on their weights for good, so a
+# pipeline that pins one (or an experiment that starts from one) never changes under it.
 _REGISTRY = {
     m.name: m for m in [
-        PretrainedModel(
-            name="triplet-resnet50-joint",
-            bundled="triplet-resnet50-joint",
-            sha256="0415adb4b3dc3dfdfd1d2d3c4f9605c3af0301cb026433406673f357b57e38ff",
-            license="CC-BY-SA-4.0",
-            paper=PAPER,
-            description="ResNet-50, joint unsupervised triplets (noise, translation, mixing, "
-                        "temporal proximity) on 27.9 h of openly licensed Debian audio",
-        ),
+        PretrainedModel(name="triplet-resnet50-joint", bundled="triplet-resnet50-joint", **_V02),
+        PretrainedModel(name="triplet-resnet50-joint-v0.2", bundled="triplet-resnet50-joint", **_V02),
     ]
 }
 

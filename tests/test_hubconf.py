@@ -27,7 +27,7 @@ def _entries(hubconf) -> list[str]:
 def test_entry_points_and_dependencies():
     hubconf = _hubconf()
     entries = _entries(hubconf)
-    assert entries == ["load_model", "triplet_resnet50_joint"]
+    assert entries == ["load_model", "triplet_resnet50_joint", "triplet_resnet50_joint_v0_2"]
     assert "ModelNotAvailableError" in hubconf.triplet_resnet50_joint.__doc__
     assert hubconf.dependencies == ["torch", "torchaudio", "numpy", "soundfile", "safetensors"]
 
@@ -66,9 +66,10 @@ def test_the_docs_say_the_weights_are_released():
 def test_every_released_registry_entry_is_an_entry_point():
     from audioembed import registry
 
-    released = [m.name.replace("-", "_") for m in registry.released()]
+    released = [m.identifier for m in registry.released()]
     assert released and set(released) <= set(_entries(_hubconf()))
-    assert registry.DEFAULT_MODEL.replace("-", "_") in released
+    assert registry.get(registry.DEFAULT_MODEL).identifier in released
+    assert "triplet_resnet50_joint_v0_2" in released  # a pinned release name is an identifier too
 
 
 def test_entry_points_follow_the_registry(monkeypatch):

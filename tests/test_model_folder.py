@@ -200,9 +200,11 @@ def test_default_model_is_bundled_and_checked_against_its_sha256():
 
 def test_list_models():
     names = list_models()
-    assert names == sorted(names) and names == ["triplet-resnet50-joint"]
-    entry = registry.get(names[0])
-    assert entry.paper.startswith("A. Jansen") and entry.license
+    assert names == sorted(names) and registry.DEFAULT_MODEL in names
+    assert "triplet-resnet50-joint-v0.2" in names  # pinned: stays loadable after later releases
+    for name in names:
+        entry = registry.get(name)
+        assert entry.paper.startswith("A. Jansen") and entry.license and entry.sha256
     assert registry.get("no-such-model") is None
 
 
@@ -243,3 +245,11 @@ def test_release_provenance_holds_repo_relative_paths_and_a_clean_commit(tmp_pat
     bundled = Path(__file__).parents[1] / "audioembed" / "pretrained" / "triplet-resnet50-joint"
     text = json.dumps(json.loads((bundled / "config.json").read_text())["provenance"])
     assert '"/' not in text and "+dirty" not in text
+
+
+def test_pinned_release_name_loads_the_v02_weights():
+    # The sha256 is the v0.2 release's (MODEL_CARD.md, git history): the pinned name must keep
+    # loading exactly those weights whatever the default becomes.
+    model = load_model("triplet-resnet50-joint-v0.2")
+    assert model.info["sha256"].startswith("0415adb4b3dc3dfd")
+    assert model.info["source"] == "registry:triplet-resnet50-joint-v0.2"
