@@ -43,6 +43,8 @@ def write_recipe(tmp_path: Path, cache: Path, dataset: Path) -> Path:
                     f'[dev]\ndataset = "{dataset}"\nevery = 2\nmax_windows = 2\n')
     recipe = tmp_path / "exp.toml"
     (tmp_path / "card.md").write_text("# Card\n\n<!-- toy:start -->\n<!-- toy:end -->\n\nAfter.\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "README.md").write_text("# Docs\n\n<!-- toy:start -->\n<!-- toy:end -->\n")
     recipe.write_text(f'''
 [experiment]
 title = "toy"
@@ -54,7 +56,7 @@ markdown = "results/toy.md"
 datasets = ["{dataset}"]
 eval_cache = "eval_cache"
 set = ["train.lr=1e-3"]
-card = "card.md"
+card = ["card.md", "docs/README.md"]
 evaluation = {{epochs = 3, light_steps = 10, light_per_class = 2, light_trials = 2}}
 
 [arms.logmel]
@@ -110,6 +112,10 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     card = (tmp / "card.md").read_text()
     assert "| Noise | 16 |" in card and card.endswith("<!-- toy:end -->\n\nAfter.\n")
     assert "![dev_qbe](figures/dev_qbe.png)" in card
+    # The same block in a second card, its links relative to that card's folder.
+    docs = (tmp / "docs" / "README.md").read_text()
+    assert "| Noise | 16 |" in docs and "![dev_qbe](../figures/dev_qbe.png)" in docs
+    assert "[`../results/toy.md`](../results/toy.md)" in docs
     rows = [line for line in md.splitlines() if line.startswith("| Log-mel |") or line.startswith("| Noise |")]
     # Table 2 (both rows), Table 1 (noise), Table 3 (log-mel), with the measured numbers in them.
     assert len(rows) == 4
@@ -172,7 +178,7 @@ def test_rerun_skips_finished_arms_and_check_passes(finished):
 def test_check_fails_on_a_stale_table_or_card(finished, tmp_path):
     _, recipe = finished
     exp = load_experiment(recipe)
-    for path in (exp.markdown, exp.card):
+    for path in (exp.markdown, *exp.cards):
         original = path.read_text()
         try:
             path.write_text(original.replace("| Noise |", "| Noise (edited) |", 1))

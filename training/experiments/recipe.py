@@ -16,6 +16,7 @@ Example (``training/recipes/debian/paper_tables.toml`` is the real one)::
     # evaluation = {epochs = 50}   # EvalSettings fields other than the evaluator's defaults
     map = {dataset = "debian-sfx", models = ["logmel", "triplet-resnet50-joint"]}  # 2-D map figure
     card = "../../../MODEL_CARD.md"  # its <!-- paper_tables:start/end --> block gets the tables
+                                   # (or a list of such files: the model card and a README)
     set = ["dev.every=100"]        # --set overrides for every training arm
     # paper_column = false       # drop the "Paper (AudioSet)" side column (A/B grids)
 
@@ -102,7 +103,7 @@ class Experiment:
     eval_cache: Path
     evaluation: dict  # EvalSettings fields that differ from the evaluator's defaults
     map: dict | None  # {dataset, models}: the 2-D map figure, or None
-    card: Path | None  # a Markdown file holding a <!-- TITLE:start/end --> block of the tables
+    cards: tuple[Path, ...]  # Markdown files, each holding a <!-- TITLE:start/end --> block of the tables
     seed: int
     title: str
     arms: tuple[Arm, ...]
@@ -126,6 +127,11 @@ class Experiment:
 def _path(value, base_dir: Path) -> Path:
     p = Path(os.path.expandvars(os.path.expanduser(str(value))))
     return p if p.is_absolute() else (base_dir / p).resolve()
+
+
+def _cards(value, base_dir: Path) -> tuple[Path, ...]:
+    names = _strings("[experiment] card", [value] if isinstance(value, str) else value)
+    return tuple(_path(name, base_dir) for name in names)
 
 
 def _strings(where: str, value) -> tuple[str, ...]:
@@ -228,5 +234,5 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         eval_threads=int(e.get("eval_threads", 1)),
         eval_cache=_path(e.get("eval_cache", "~/.cache/audioembed/eval"), here),
         evaluation=_evaluation(e.get("evaluation", {})), map=_map(e.get("map")),
-        card=_path(e["card"], here) if "card" in e else None, seed=int(e.get("seed", 0)),
+        cards=_cards(e.get("card", []), here), seed=int(e.get("seed", 0)),
         title=str(e.get("title", path.stem)), arms=arms, paper_column=paper_column)

@@ -234,13 +234,13 @@ def render(exp: Experiment) -> str:
     return "\n".join(out)
 
 
-def card_block(exp: Experiment) -> str:
-    """The tables and figures as a block of ``exp.card`` (headings one level down, links
+def card_block(exp: Experiment, card: Path) -> str:
+    """The tables and figures as a block of ``card`` (headings one level down, links
     relative to the card)."""
     body = render(exp).split("\n", 2)[2]  # without the title line
     body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
-    rel = os.path.relpath(exp.markdown, exp.card.parent)
-    figs = os.path.relpath(exp.figures, exp.card.parent)
+    rel = os.path.relpath(exp.markdown, card.parent)
+    figs = os.path.relpath(exp.figures, card.parent)
     pngs = [f"![{name}]({figs}/{name}.png)" for name in ("dev_qbe", "table2_bars", "map_2d")
             if (exp.figures / f"{name}.png").exists()]
     return (f"From [`{rel}`]({rel}), generated with it.\n\n" + body.rstrip("\n") + "\n"
@@ -248,21 +248,21 @@ def card_block(exp: Experiment) -> str:
 
 
 def write(exp: Experiment) -> list[Path]:
-    """Write the Markdown (and the card's block, when the recipe names a card)."""
+    """Write the Markdown (and the block of each card the recipe names)."""
     exp.markdown.parent.mkdir(parents=True, exist_ok=True)
     exp.markdown.write_text(render(exp), encoding="utf-8")
     written = [exp.markdown]
-    if exp.card is not None:
-        from training.model_card import splice
+    from training.model_card import splice
 
-        exp.card.write_text(splice(exp.card.read_text(encoding="utf-8"), exp.title, card_block(exp)),
-                            encoding="utf-8")
-        written.append(exp.card)
+    for card in exp.cards:
+        card.write_text(splice(card.read_text(encoding="utf-8"), exp.title, card_block(exp, card)),
+                        encoding="utf-8")
+        written.append(card)
     return written
 
 
 def check(exp: Experiment) -> str | None:
-    """None when the committed Markdown (and card block) equal a fresh render, else what differs."""
+    """None when the committed Markdown (and card blocks) equal a fresh render, else what differs."""
     if not exp.markdown.exists():
         return f"{exp.markdown} does not exist"
     problems = []
@@ -274,10 +274,10 @@ def check(exp: Experiment) -> str | None:
         diff = difflib.unified_diff(old.splitlines(), fresh.splitlines(), "committed", "regenerated",
                                     lineterm="", n=0)
         problems.append("\n".join(list(diff)[:40]))
-    if exp.card is not None:
-        from training.model_card import splice
+    from training.model_card import splice
 
-        card = exp.card.read_text(encoding="utf-8")
-        if splice(card, exp.title, card_block(exp)) != card:
-            problems.append(f"{exp.card}: its <!-- {exp.title}:start --> block is stale")
+    for card in exp.cards:
+        text = card.read_text(encoding="utf-8")
+        if splice(text, exp.title, card_block(exp, card)) != text:
+            problems.append(f"{card}: its <!-- {exp.title}:start --> block is stale")
     return "\n".join(problems) or None
