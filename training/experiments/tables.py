@@ -234,10 +234,10 @@ def render(exp: Experiment) -> str:
     return "\n".join(out)
 
 
-def card_block(exp: Experiment, card: Path) -> str:
-    """The tables and figures as a block of ``card`` (headings one level down, links
-    relative to the card)."""
-    body = render(exp).split("\n", 2)[2]  # without the title line
+def card_block(exp: Experiment, card: Path, markdown: str) -> str:
+    """The tables and figures of ``markdown`` (``render(exp)``) as a block of ``card``
+    (headings one level down, links relative to the card)."""
+    body = markdown.split("\n", 2)[2]  # without the title line
     body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
     rel = os.path.relpath(exp.markdown, card.parent)
     figs = os.path.relpath(exp.figures, card.parent)
@@ -247,16 +247,23 @@ def card_block(exp: Experiment, card: Path) -> str:
             + ("\n" + "\n\n".join(pngs) + "\n" if pngs else ""))
 
 
-def write(exp: Experiment) -> list[Path]:
-    """Write the Markdown (and the block of each card the recipe names)."""
-    exp.markdown.parent.mkdir(parents=True, exist_ok=True)
-    exp.markdown.write_text(render(exp), encoding="utf-8")
-    written = [exp.markdown]
+def _card_texts(exp: Experiment, markdown: str):
+    """Each card with its current text and its text with a fresh block of ``markdown``."""
     from training.model_card import splice
 
     for card in exp.cards:
-        card.write_text(splice(card.read_text(encoding="utf-8"), exp.title, card_block(exp, card)),
-                        encoding="utf-8")
+        text = card.read_text(encoding="utf-8")
+        yield card, text, splice(text, exp.title, card_block(exp, card, markdown))
+
+
+def write(exp: Experiment) -> list[Path]:
+    """Write the Markdown (and the block of each card the recipe names)."""
+    markdown = render(exp)
+    exp.markdown.parent.mkdir(parents=True, exist_ok=True)
+    exp.markdown.write_text(markdown, encoding="utf-8")
+    written = [exp.markdown]
+    for card, _, fresh in _card_texts(exp, markdown):
+        card.write_text(fresh, encoding="utf-8")
         written.append(card)
     return written
 
@@ -274,10 +281,7 @@ def check(exp: Experiment) -> str | None:
         diff = difflib.unified_diff(old.splitlines(), fresh.splitlines(), "committed", "regenerated",
                                     lineterm="", n=0)
         problems.append("\n".join(list(diff)[:40]))
-    from training.model_card import splice
-
-    for card in exp.cards:
-        text = card.read_text(encoding="utf-8")
-        if splice(text, exp.title, card_block(exp, card)) != text:
+    for card, text, spliced in _card_texts(exp, fresh):
+        if spliced != text:
             problems.append(f"{card}: its <!-- {exp.title}:start --> block is stale")
     return "\n".join(problems) or None
