@@ -1,4 +1,5 @@
-"""The ``audioembed`` command: ``extract``, ``merge``, ``info``. A thin click layer over ``extract.run``.
+"""The ``audioembed`` command: ``extract``, ``merge``, ``info``, ``classify``, ... A thin click layer
+over ``extract.run`` and the other modules' command functions.
 
 Only click is imported up front: torch takes seconds and hundreds of MB to import, which
 ``--help`` and ``--version`` do not need. Each command imports what it uses.
@@ -183,19 +184,25 @@ def _report_interrupt(exc: KeyboardInterrupt) -> None:
         click.echo(f"  {printable(line)}", err=True)
 
 
-def _echo_report(report, quiet: bool) -> None:
+def _echo_problems(report, quiet: bool, done: str = "embedded") -> None:
+    """A report's notes (unless ``quiet``), warnings and failures, on stderr; ``done`` says
+    what happened to the inputs that did not fail."""
     if not quiet:
         for line in report.notes:
             click.echo(f"note: {printable(line)}", err=True)
     for line in report.warnings:
         click.echo(f"warning: {printable(line)}", err=True)
     if report.failures:
-        counts = (f"{report.succeeded} of {report.total} inputs embedded" if report.total
+        counts = (f"{report.succeeded} of {report.total} inputs {done}" if report.total
                   else "no audio inputs found")
         click.echo(f"{report.failed} failed ({counts}):", err=True)
         for line in report.failures:
             click.echo(f"  {printable(line)}", err=True)
-    elif not quiet:
+
+
+def _echo_report(report, quiet: bool) -> None:
+    _echo_problems(report, quiet)
+    if not report.failures and not quiet:
         skipped = f", {report.skipped} skipped" if report.skipped else ""
         click.echo(f"embedded {report.succeeded} file{'s' * (report.succeeded != 1)}{skipped} -> "
                    f"{printable(str(report.destination))}", err=True)
@@ -329,6 +336,113 @@ def search(query, index_path, k, model, backend, as_json):
         return
     for r in results:
         click.echo(f"{r['rank']:>4}  {r['score']:.4f}  {printable(r['name'])}")
+
+
+@main.group()
+def classify() -> None:
+    """Few-shot classification: train a small classifier on the embeddings of a few labelled
+    files (`fit`), then label new files (`predict`)."""
+
+
+@classify.command("fit")
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), metavar="CLF_DIR",
+              help="Folder to write the classifier to (classifier.safetensors + classifier.json).")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--layer", type=click.Choice(("embedding", "pooled")), default="embedding", show_default=True,
+              help="Train on the 128-d embedding of each window, or on the 2048-d pooled features.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the validation split and training.")
+@click.option("--device", default=None, help="torch device for the embedding model. Default: cpu.")
+@click.option("--overwrite", is_flag=True, help="Replace a classifier already in CLF_DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
+def classify_fit(data, output, model, layer, seed, device, overwrite, quiet):
+    """Train a classifier on labelled audio: DATA is a folder with one sub-folder per class
+    (DATA/dog/*.wav, DATA/cat/*.wav; any depth) or a CSV of path,label rows.
+
+    \b
+    Each file is embedded with --model; the evaluator's shallow classifier (one hidden layer
+    of 512 units, one sigmoid output per class) trains on its windows. About 20% of each
+    class's files are held out for validation, and the weights of the epoch with the lowest
+    validation loss are kept. Deterministic given --seed.
+    A file that cannot be read is left out of training and listed at the end.
+    Exit status: 0 trained on every file; 1 trained, but some file failed; 2 usage error.
+
+    \b
+    Example:
+      audioembed classify fit labelled/ -o my_classifier
+      audioembed classify predict my_classifier new/*.wav
+    """
+    from audioembed import classify as classify_mod
+
+    try:
+        report = classify_mod.fit_command(data, output, model=model, layer=layer, seed=seed,
+                                          device=device, overwrite=overwrite,
+                                          progress=not quiet)
+    except AudioembedError as exc:
+        raise click.UsageError(printable(str(exc))) from exc
+    _echo_problems(report, quiet)
+    if not quiet:
+        s = report.classifier.training
+        val = (f", validation accuracy {s['val_accuracy']:.3f} on {s['n_val_files']} files"
+               if "val_accuracy" in s else "")
+        click.echo(f"trained on {s['n_fit_files']} files of {len(report.classifier.labels)} classes "
+                   f"({s['stopping']}, best epoch {s['best_epoch']} of {s['epochs_run']}{val}) -> "
+                   f"{printable(output)}", err=True)
+    sys.exit(report.exit_code)
+
+
+@classify.command("predict")
+@click.argument("classifier_dir", metavar="CLF_DIR", type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Print the k best labels of each input, best first.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print a JSON list of {"path", "label", "score"} (with -k > 1, label and score are lists).')
+@click.option("--model", default=None,
+              help=MODEL_HELP.replace("Default: the registry's default model.",
+                                      "Default: the model the classifier was trained on; "
+                                      "another is refused unless its weights are the same."))
+@click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
+@click.option("--device", default=None, help="torch device for the embedding model. Default: cpu.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; failures are still listed.")
+def classify_predict(classifier_dir, inputs, k, as_json, model, recursive, device, quiet):
+    """Label audio files with a classifier from `classify fit`.
+
+    \b
+    INPUT is a file, a folder or a glob, as for extract. Prints one line per input on
+    stdout: PATH<TAB>LABEL<TAB>SCORE, and with -k K the K best LABEL<TAB>SCORE pairs. A
+    score is the class's sigmoid output averaged over the file's windows (0-1; the scores
+    of one file need not sum to 1).
+    A bad input fails alone, as in extract: the others are still labelled, and the failures
+    are listed at the end on stderr.
+    Exit status: 0 all inputs labelled, 1 some input failed, 2 usage error (bad classifier
+    folder, or a model other than the classifier's).
+
+    \b
+    Examples:
+      audioembed classify predict my_classifier clip.wav
+      audioembed classify predict my_classifier "new/**/*.wav" -k 3 --json
+    """
+    from audioembed import classify as classify_mod
+
+    try:
+        report = classify_mod.predict_command(classifier_dir, inputs, k=k, model=model,
+                                              recursive=recursive, device=device,
+                                              progress=not quiet and not as_json)
+    except AudioembedError as exc:
+        raise click.UsageError(printable(str(exc))) from exc
+    if as_json:
+        rows = [{"path": printable(path),
+                 "label": top[0][0] if k == 1 else [label for label, _ in top],
+                 "score": top[0][1] if k == 1 else [score for _, score in top]}
+                for path, top in report.predictions]
+        click.echo(json.dumps(rows, indent=None))
+    else:
+        for path, top in report.predictions:
+            pairs = "\t".join(f"{label}\t{score:.4f}" for label, score in top)
+            click.echo(f"{printable(path)}\t{printable(pairs)}")
+    _echo_problems(report, quiet=True, done="labelled")
+    sys.exit(report.exit_code)
 
 
 def model_info(model: str | None) -> tuple[dict, str | None]:

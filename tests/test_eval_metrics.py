@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import audioembed.mlp
 from training.evaluation import classifiers as clf
 from training.evaluation.metrics import classifier_scores, pair_ap, qbe_map, segment_means, unit_rows
 from training.evaluation.report import markdown_table, recovery
@@ -206,7 +207,8 @@ def test_early_stopping_restores_best_epoch(monkeypatch):
         snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return next(script)
 
-    monkeypatch.setattr(clf, "_mean_loss", scripted_loss)
+    # The loop lives in audioembed.mlp (shared with `audioembed classify`).
+    monkeypatch.setattr(audioembed.mlp, "mean_loss", scripted_loss)
     cfg = clf.MLPConfig(hidden_units=8, epochs=20, batch_size=4, patience=3, lr=1e-2)
     model, log = clf.train_mlp(x, t, cfg, val=(x, t))
     assert log["best_epoch"] == 3 and log["epochs_run"] == 6 and log["val_loss"] == 0.5

@@ -2,15 +2,16 @@
 
 An MLP with 1 or 2 hidden layers of 512 ReLU units and one independent sigmoid output per
 class is trained on *window* embeddings, each carrying its segment's labels (Adam, binary
-cross-entropy). A segment's score is the mean of its windows' sigmoid outputs.
+cross-entropy). A segment's score is the mean of its windows' sigmoid outputs. The network and
+its training loop are ``audioembed.mlp``, which ``audioembed classify`` trains too; this module
+adds the folds, the window caps and light supervision.
 
 Training uses at most ``max_windows`` windows per segment (a seeded random subset; 10, the
 windows of an AudioSet clip), so one 20-minute recording does not outweigh a thousand short
 clips nor dominate the training time; scoring uses every window.
 
-Inputs are standardised with the training fold's window mean and standard deviation; the
-affine map is a fixed first layer, so no standardised copy of the data is made (a 6144-d
-log-mel fold would be hundreds of MB).
+Inputs are standardised with the training fold's window mean and standard deviation (a
+fixed first layer, see ``audioembed.mlp``).
 
 Stopping: with ``val_fraction > 0`` the training segments are split again, group-aware and
 stratified (one of ``1 / val_fraction`` folds, or of fewer when there are fewer groups: on
@@ -22,7 +23,6 @@ dataset's size.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,89 +32,12 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
+from audioembed.mlp import (Standardize, build_mlp, capped_windows, mean_loss,  # noqa: F401 (API)
+                            train_mlp, window_probabilities)
 from training.evaluation.metrics import classifier_scores, segment_means
 from training.evaluation.settings import HIDDEN_UNITS, MLPConfig  # noqa: F401 (API)
 
 N_SPLITS = 5
-
-
-class Standardize(torch.nn.Module):
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("inv_std", 1.0 / std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) * self.inv_std
-
-
-def build_mlp(x_train: torch.Tensor, n_classes: int, config: MLPConfig) -> torch.nn.Sequential:
-    """Standardisation fitted on ``x_train``, then the hidden layers and a linear output."""
-    mean = x_train.mean(dim=0)
-    # Constant dimensions (e.g. always-padded log-mel frames) would divide by zero.
-    std = x_train.std(dim=0).clamp_min(1e-5)
-    layers: list[torch.nn.Module] = [Standardize(mean, std)]
-    width = x_train.shape[1]
-    for _ in range(config.hidden_layers):
-        layers += [torch.nn.Linear(width, config.hidden_units), torch.nn.ReLU()]
-        width = config.hidden_units
-    layers.append(torch.nn.Linear(width, n_classes))
-    return torch.nn.Sequential(*layers)
-
-
-def _mean_loss(model, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
-    total = 0.0
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            logits = model(x[i:i + batch])
-            total += torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, y[i:i + batch], reduction="sum").item()
-    return total / (len(x) * y.shape[1])
-
-
-def train_mlp(x: torch.Tensor, y: torch.Tensor, config: MLPConfig,
-              val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train on windows ``x`` (float32) with targets ``y`` (float32 multi-hot); returns the model
-    (eval mode) and a log with the epochs run and the best validation loss."""
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    model = build_mlp(x, y.shape[1], config)
-    # foreach: one kernel per step over all tensors; the per-tensor loop costs ~30% more
-    # on the 6144x512 first layer of the log-mel baseline.
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                           foreach=True)
-    best, best_state, best_epoch, stale = math.inf, None, 0, 0
-    epochs = config.epochs if config.steps is None else math.ceil(
-        config.steps / math.ceil(len(x) / config.batch_size))
-    step, epoch = 0, 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), config.batch_size):
-            if config.steps is not None and step == config.steps:
-                break
-            step += 1
-            idx = order[i:i + config.batch_size]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if val is None:
-            continue
-        model.eval()
-        vloss = _mean_loss(model, *val)
-        if vloss < best:
-            best, best_epoch, stale = vloss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, {"epochs_run": epoch, "steps": step, "best_epoch": best_epoch or epoch,
-                   "val_loss": None if val is None else best}
 
 
 def predict_segments(model: torch.nn.Module, x: torch.Tensor, seg: np.ndarray, segments: np.ndarray,
@@ -123,12 +46,9 @@ def predict_segments(model: torch.nn.Module, x: torch.Tensor, seg: np.ndarray, s
 
     ``x`` holds the windows of exactly ``segments`` (sorted), ``seg`` their segment ids.
     """
-    probs = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            probs.append(torch.sigmoid(model(x[i:i + batch])).numpy())
+    probs = window_probabilities(model, x, batch)
     # float64: averaged probabilities near 0 or 1 would tie in float32 and blur the ranking.
-    return segment_means(np.concatenate(probs), np.searchsorted(segments, seg), len(segments), np.float64)
+    return segment_means(probs, np.searchsorted(segments, seg), len(segments), np.float64)
 
 
 def stratify_key(y: np.ndarray) -> np.ndarray:
@@ -185,10 +105,7 @@ class WindowData:
         mask[segments] = True
         idx = np.flatnonzero(mask[self.seg])
         if cap is not None:
-            seg = self.seg[idx]
-            order = np.lexsort((rng.random(len(idx)), seg))  # by segment, shuffled within
-            rank = np.arange(len(idx)) - np.searchsorted(seg[order], seg[order])
-            idx = np.sort(idx[order[rank < cap]])
+            idx = idx[capped_windows(self.seg[idx], cap, rng)]
         return self.x[torch.from_numpy(idx)], self.seg[idx]
 
     def targets(self, seg: np.ndarray) -> torch.Tensor:

@@ -113,12 +113,13 @@ def evaluate_model(model: str, dataset: str, settings: EvalSettings = EvalSettin
 
 
 def classifier_data(model: str, dataset: str, settings: EvalSettings = EvalSettings(), *,
-                    data_root=None, cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr):
-    """``(WindowData, outer splits, split description)`` of ``dataset`` embedded by ``model``,
-    exactly as :func:`evaluate_model` builds them: for protocols beyond the standard ones (e.g.
-    light supervision with other classifier sizes)."""
+                    data_root=None, cache_dir=DEFAULT_CACHE_DIR, log: Callable[[str], None] = _stderr,
+                    layer: str = "embedding"):
+    """``(WindowData, outer splits, split description)`` of ``dataset`` embedded by ``model``
+    (``layer`` as in ``evaluate_model``), exactly as :func:`evaluate_model` builds them: for
+    protocols beyond the standard ones (e.g. light supervision with other classifier sizes)."""
     ds = load_dataset(dataset, data_root)
-    we = embed_dataset(ds, model, cache_dir=cache_dir, log=log)
+    we = embed_dataset(ds, model, cache_dir=cache_dir, log=log, layer=layer)
     return _window_data(ds.subset(we.kept), we, settings.seed)
 
 

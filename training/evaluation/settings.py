@@ -1,14 +1,16 @@
-"""The evaluation's settings and their defaults: the one place they are set.
+"""The evaluation's settings and their defaults: the one place the protocol is set.
 
 :class:`EvalSettings` holds the protocol (``python -m training evaluate`` reads its option
 defaults from it, and experiment recipes override its fields); :class:`MLPConfig` is one
-classifier's configuration, its defaults those of :class:`EvalSettings`.
+classifier's configuration. The classifier's own defaults (epochs, patience, batch, ...) are
+set once, in ``audioembed.mlp.MLPConfig``, the code the evaluator and ``audioembed classify``
+share; :class:`EvalSettings` starts from them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-HIDDEN_UNITS = 512  # per hidden layer (paper section 4.4)
+from audioembed.mlp import HIDDEN_UNITS, MLPConfig  # noqa: F401 (API: MLPConfig lived here)
 
 
 @dataclass
@@ -19,18 +21,16 @@ class EvalSettings:
     qbe_max_per_class: int = 100
     qbe_draws: int = 5
     classifiers: bool = True
-    epochs: int = 50
-    # 3 stopped some folds at a validation-loss dip in epoch 1-2 (debian-sfx, first release:
-    # 2-layer fold mAP 0.084 at patience 3, 0.235 at 10, with a later, lower minimum).
-    patience: int = 10
-    val_fraction: float = 0.1
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = MLPConfig.epochs
+    patience: int = MLPConfig.patience  # why 10: see MLPConfig
+    val_fraction: float = MLPConfig.val_fraction
+    batch_size: int = MLPConfig.batch_size
+    lr: float = MLPConfig.lr
     light_per_class: int = 20
     light_trials: int = 3
     light_steps: int = 300
     light_batch_size: int = 32
-    max_windows: int = 10
+    max_windows: int = MLPConfig.max_windows
 
     def mlp(self, layers: int) -> "MLPConfig":
         """The classifier of the standard protocol (early stopping on a validation split)."""
@@ -43,23 +43,3 @@ class EvalSettings:
         return MLPConfig(hidden_layers=layers, steps=self.light_steps,
                          batch_size=self.light_batch_size, lr=self.lr, val_fraction=0.0,
                          max_windows=self.max_windows, seed=self.seed)
-
-
-@dataclass
-class MLPConfig:
-    """One shallow classifier (``training.evaluation.classifiers``)."""
-
-    hidden_layers: int = 1
-    hidden_units: int = HIDDEN_UNITS
-    epochs: int = EvalSettings.epochs
-    batch_size: int = EvalSettings.batch_size
-    lr: float = EvalSettings.lr
-    weight_decay: float = 0.0
-    val_fraction: float = EvalSettings.val_fraction
-    patience: int = EvalSettings.patience
-    max_windows: int | None = EvalSettings.max_windows
-    steps: int | None = None  # a fixed number of gradient steps instead of ``epochs``
-    seed: int = EvalSettings.seed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
