@@ -258,8 +258,7 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
     """Whether to autocast to bf16: ``setting`` when true or false; for ``"auto"``, where the
-    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see the README's
-    measurements)."""
+    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see docs/benchmarks.md)."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
