@@ -288,22 +288,25 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
             ``sr``), or a list of paths or arrays. Channels are averaged to mono; any sample rate
             is resampled to 16 kHz.
         sr: sample rate of array input (ignored for paths).
-        model: a registry name, a model folder, ``hf-hub:org/repo[@rev]``, or a loaded model.
+        model: a registry name, a model folder, ``hf-hub:org/repo[@rev]``, or a loaded model
+            (a torch module is put in eval mode, and moved to ``device`` when one is given).
             Default: the bundled release weights.
         hop: seconds between window starts (default 0.96: no overlap).
         batch_size: windows per forward pass; windows of many inputs share batches.
         device: where the model runs (default CPU).
         windows: also return per-window embeddings and their timestamps (window centres, s).
         progress: a tqdm progress bar over inputs on stderr.
-        backend: ``"torch"``, or ``"onnx"`` to run the network with onnxruntime (CPU; needs
-            ``pip install 'audioembed[onnx]'``). With ``"onnx"``, ``model`` may also be an
-            ``.onnx`` file from ``audioembed export-onnx``; any other model is exported in
-            memory once per process.
+        backend: ``"torch"``, ``"onnx"`` to run the network with onnxruntime (CPU; needs
+            ``pip install 'audioembed[onnx]'``), or ``"onnx-int8"`` for onnxruntime with the
+            network statically quantized to int8. With the onnx backends, ``model`` may also be
+            an ``.onnx`` file from ``audioembed export-onnx`` (``--int8`` for ``"onnx-int8"``);
+            any other model is exported (and quantized) in memory once per process.
         workers: threads that read and analyse inputs while the network runs (0: none).
             Results do not depend on it.
         layer: ``"embedding"`` (the paper's 128-d output) or ``"pooled"``: the 2048-d globally
             pooled features before the embedding layer, per window; a segment is then their
-            mean and max concatenated (4096-d), not normalised (for linear probes; torch only).
+            mean and max concatenated (4096-d), not normalised (for linear probes). Needs a torch
+            model, or an ONNX file exported with ``export-onnx --pooled``.
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment

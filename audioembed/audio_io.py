@@ -374,7 +374,8 @@ def _read_all(src: AudioSource) -> np.ndarray:
 def _channel_mean(data: np.ndarray) -> np.ndarray:
     """The float64 mean of the rows, rounded to float32. Summed a channel at a time: the same
     sums as ``data.mean(axis=0, dtype=np.float64)``, much faster on the strided ``(samples,
-    channels).T`` blocks that files give (the README has the figures)."""
+    channels).T`` blocks that files give (timed by hand, not kept; ``benchmarks/bench_scale.py
+    --only profile`` gives the decoding share)."""
     acc = data[0].astype(np.float64)
     for channel in data[1:]:
         acc += channel

@@ -1,5 +1,6 @@
-"""The ``audioembed`` command: ``extract``, ``merge``, ``info``, ``classify``, ... A thin click layer
-over ``extract.run`` and the other modules' command functions.
+"""The ``audioembed`` command: ``extract``, ``merge``, ``info``, ``export-onnx``, ``index``,
+``search`` and ``classify`` (docs/cli.md). A thin click layer over ``extract.run``, ``search``
+and ``classify``.
 
 Only click is imported up front: torch takes seconds and hundreds of MB to import, which
 ``--help`` and ``--version`` do not need. Each command imports what it uses.
@@ -65,14 +66,14 @@ def main() -> None:
                    "Default: 1, or 0 for a CPU network on <= 2 cores. Outputs do not depend on it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="Run the network with torch, or with onnxruntime (CPU; pip install "
-                   "'audioembed[onnx]'; faster on the CPUs we measured, see README). --model may "
+                   "'audioembed[onnx]'; faster on the CPUs we measured, see docs/benchmarks.md). --model may "
                    "then also be an .onnx file from export-onnx.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
 @click.option("--layer", type=click.Choice(("embedding", "pooled")), default="embedding", show_default=True,
               help="embedding: the 128-d unit-norm output. pooled: the 2048-d pooled features per "
-                   "window, and their mean and max (4096-d, not normalised) per input (torch only).")
+                   "window, and their mean and max (4096-d, not normalised) per input (torch, or an ONNX file exported with --pooled).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
 def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite,
             skip_existing, strict, workers, backend, shard, layer, quiet):

@@ -242,7 +242,7 @@ def default_workers(device: str | None, backend: str = "torch") -> int:
     """Feature threads when none are asked for: one, except for a torch network on the CPU of
     a machine with two cores or fewer, where the thread only competes with the network's own
     OpenMP threads. onnxruntime's threads sleep when idle, so there the worker fills the gaps
-    (``benchmarks/bench_scale.py``; the README has the figures)."""
+    (``benchmarks/bench_scale.py``; docs/benchmarks.md has the figures)."""
     torch_on_cpu = backend == "torch" and (device is None or torch.device(device).type == "cpu")
     return 0 if torch_on_cpu and (os.cpu_count() or 1) <= 2 else 1
 

@@ -121,7 +121,7 @@ def single_threaded() -> Iterator[None]:
 
     The frontend's ops are small and memory-bound: a second thread saves little, and on a
     shared machine every multi-threaded op waits at its OpenMP barrier for a descheduled thread
-    (the README has the figures). The network's large convolutions do gain from the threads,
+    (``benchmarks/bench_scale.py --only profile`` gives the frontend's share). The network's large convolutions do gain from the threads,
     so only the frontend runs inside this.
     """
     n = torch.get_num_threads()

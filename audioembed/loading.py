@@ -157,8 +157,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
 
     ``name_or_path`` is a registry name (see ``list_models()``; default
     ``registry.DEFAULT_MODEL``), a local folder holding ``config.json`` and
-    ``model.safetensors``, or ``hf-hub:org/repo[@revision]`` (``revision`` may also be passed
-    as an argument). Hub downloads honour ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``cache_dir``
+    ``model.safetensors``, or ``hf-hub:org/repo[@revision]``. ``revision=`` is the same as
+    ``@revision`` (giving both raises unless they are equal); it applies to Hub names only. Hub downloads honour ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``cache_dir``
     and ``token``. Nothing is downloaded unless a Hub name is given.
     """
     spec = parse_model_spec(name_or_path, revision)
@@ -189,7 +189,8 @@ _MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
 def cached_model(model: str | os.PathLike | AudioResNet | None, device: str | torch.device | None
                  ) -> AudioResNet:
     """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached per
-    process, so ``embed()`` called in a loop loads its model once."""
+    process, so ``embed()`` called in a loop loads its model once. An instance is returned
+    itself, put in eval mode and moved to ``device`` when one is given."""
     if isinstance(model, torch.nn.Module):
         # Inference is deterministic only in eval mode: in training mode BatchNorm would use
         # (and update) batch statistics, so results would depend on the batch (as encode() does).

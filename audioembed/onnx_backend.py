@@ -112,7 +112,7 @@ class OnnxModel:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         # Idle intra-op threads sleep instead of spinning: a spinning thread holds a core that
         # the feature worker (extract's default for this backend) or another process needs
-        # (benchmarks/bench_scale.py measures both; the README has the figures).
+        # (benchmarks/bench_scale.py measures both; docs/benchmarks.md has the figures).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else os.fspath(model)
         try:

@@ -1,6 +1,6 @@
 """Model-only throughput of the ResNet-50 under torch and under onnxruntime, in one run.
 
-    python benchmarks/bench_onnx.py [--batch-size 64] [--batches 4] [--repeats 5] [--threads N]
+    python benchmarks/bench_onnx.py [--batch-size 64] [--batches 4] [--repeats 5] [--threads N] [--json PATH]
 
 A randomly initialised ResNet-50 (the release architecture) is exported with
 ``audioembed.onnx_backend`` and both backends embed the same random log-mel batches on the same
@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from common import interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
+from common import interleaved_times, load_average, machine_line, write_record  # also puts the checkout on sys.path
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4, help="batches per timed round")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the run as a benchmarks/results JSON (benchmarks/report.py)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,6 +61,12 @@ def main() -> None:
               f"{statistics.median(times[name]) * 1e3:.0f} ms)")
     print(f"onnxruntime / torch speed: {min(times['torch']) / min(times['onnxruntime']):.2f}x (best "
           f"times), {ratio:.2f}x (median of per-round ratios)")
+    if args.json:
+        rows = [[name, f"{n / min(times[name]):.1f}"] for name in fns]
+        rows.append(["onnxruntime / torch", f"{min(times['torch']) / min(times['onnxruntime']):.2f}x"])
+        write_record(args.json, "The network alone: torch against onnxruntime", ["backend", "windows/s"], rows,
+                     notes=(f"batches of {args.batch_size} windows, best of {args.repeats} rounds; max "
+                            f"|onnxruntime - torch| {diff:.1e}",))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Memory and throughput at scale: a long file, a folder of many clips, two shards.
 
-    python benchmarks/bench_scale.py [--threads 1] [--long-minutes 60] [--clips 500]
+    python benchmarks/bench_scale.py [--threads 1] [--long-minutes 60] [--clips 500] [--json PATH]
 
 With a randomly initialised ResNet-50 saved as a release-format model folder, it prints:
 
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_flags, interleaved_times, load_average, machine_line  # also puts the checkout on sys.path
+from common import cpu_flags, interleaved_times, load_average, machine_line, write_record  # also puts the checkout on sys.path
 
 import numpy as np
 import soundfile as sf
@@ -187,6 +187,13 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
             f"{statistics.median(f / t for f, t in zip(times[ref], ts)):.3f} (median per round)")
         print(f"  {name:>24}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time){ratio}")
+    if args.json:
+        rows = [[name, f"{n / min(ts):.1f}", "–" if runs[name][1] is None else
+                 f"{min(times[runs[name][1]]) / min(ts):.3f}"] for name, ts in times.items()]
+        write_record(args.json, "extract over a folder of clips against the network alone",
+                     ["run", "windows/s (best round)", "ratio to the network alone (best rounds)"], rows,
+                     notes=(f"{len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz, {n} windows, "
+                            f"batch 64, best of {args.repeats} alternating rounds",))
     if "onnx-int8 e2e, no worker" in times:
         from audioembed.extract import default_workers
 
@@ -275,6 +282,8 @@ def main() -> None:
                     help="Skip the onnxruntime rows of the throughput section (needs audioembed[onnx]).")
     ap.add_argument("--only", choices=["memory", "throughput", "profile", "shards"], action="append",
                     help="run only these parts (repeatable)")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the throughput rows as a benchmarks/results JSON (benchmarks/report.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -38,6 +38,10 @@ CHECKPOINT_FORMAT = 1
 _EXPORT_FIELDS = {"model", "step", "triplets_seen", "config"}
 
 
+class MissingCheckpointError(AudioembedError, FileNotFoundError):
+    """``--resume`` without a checkpoint in the run folder."""
+
+
 class CheckpointError(AudioembedError, ValueError):
     """A file that is not a training checkpoint this code reads, or one that does not fit the
     configured run."""
@@ -108,7 +112,7 @@ def resume(path: Path, *, model, optimizer, loss_fn, pool, plan: Schedule, model
     branched for tuning) at another rate. The log records the rate of every step.
     """
     if not path.exists():
-        raise FileNotFoundError(f"--resume: no {path}")
+        raise MissingCheckpointError(f"--resume: no {path}")
     ckpt = read_checkpoint(path, map_location=device)
     if ckpt["config"]["model"] != model_config:
         raise CheckpointError(f"{path}: the checkpoint's model config {ckpt['config']['model']} "

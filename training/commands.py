@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from audioembed.errors import AudioembedError
+
 
 @click.command()
 @click.option("--manifest", required=True, type=click.Path(exists=True),
@@ -82,7 +84,7 @@ def train(config_path, out, resume, max_triplets, max_minutes, overrides, write_
     try:
         run_training(config, out, resume=resume, max_triplets=max_triplets, max_minutes=max_minutes,
                      write_checksums=write_checksums, echo=click.echo)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+    except AudioembedError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -97,7 +99,7 @@ def export(checkpoint, outdir, name, repo_id):
 
     try:
         folder = export_checkpoint(checkpoint, outdir, name=name)
-    except ValueError as exc:
+    except AudioembedError as exc:
         raise click.ClickException(str(exc)) from exc
     from audioembed.model_folder import WEIGHTS_NAME, sha256_file
 

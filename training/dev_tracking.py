@@ -27,10 +27,15 @@ import numpy as np
 import torch
 
 from audioembed import frontend
+from audioembed.errors import AudioembedError
 from audioembed.api import collect_features, embed_windows, iter_features
 from training.evaluation.datasets import load_dataset
 from training.evaluation.metrics import qbe_map, segment_means
 from training.losses import DEFAULT_MARGIN, triplet_loss
+
+
+class DevDataError(AudioembedError, RuntimeError):
+    """A ``[dev]`` dataset none of whose clips could be read."""
 
 
 def label_triplets(y: np.ndarray, seg: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -83,7 +88,7 @@ class DevQbE:
             seg.append(np.full(len(windows), kept.sum(), np.int64))
             kept[index] = True
         if not parts:
-            raise RuntimeError(f"dev: no clip of {dataset} could be read")
+            raise DevDataError(f"dev: no clip of {dataset} could be read")
         self.name = ds.name
         self.windows = torch.cat(parts)
         self.seg = np.concatenate(seg)

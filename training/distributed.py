@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from audioembed.errors import AudioembedError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -43,10 +45,14 @@ class DistContext:
         return dist.is_available() and dist.is_initialized()
 
 
+class DeviceError(AudioembedError, RuntimeError):
+    """A configured device this machine does not have."""
+
+
 def _pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device = 'cuda' was configured but CUDA is not available")
+            raise DeviceError("device = 'cuda' was configured but CUDA is not available")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from audioembed.model_folder import save_model_folder
+from audioembed.outputs import atomic_write
 from training.checkpoint import git_commit, load_checkpoint, model_from_checkpoint
 
 _CARD = """---
@@ -66,10 +67,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 def write_model_card(folder: str | os.PathLike, repo_id: str, prov: dict) -> Path:
     path = Path(folder) / "README.md"
     samplers = ", ".join(sorted(prov["training_config"].get("samplers", {}))) or "?"
-    path.write_text(_CARD.format(name=prov.get("name") or repo_id, repo=repo_id, steps=prov["steps"],
-                                 triplets=prov["triplets_seen"], samplers=samplers,
-                                 manifest=prov["data_manifest_sha256"], commit=prov["git_commit"],
-                                 date=prov["date"]), encoding="utf-8")
+    text = _CARD.format(name=prov.get("name") or repo_id, repo=repo_id, steps=prov["steps"],
+                        triplets=prov["triplets_seen"], samplers=samplers,
+                        manifest=prov["data_manifest_sha256"], commit=prov["git_commit"],
+                        date=prov["date"])
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from audioembed.errors import AudioembedError
+from audioembed.outputs import atomic_write
 from training.evaluation.report import load_results, render
 
 MARKERS = {"results", "training"}
@@ -29,6 +30,10 @@ MARKERS = {"results", "training"}
 
 class ModelCardError(AudioembedError, ValueError):
     """A card without its generated blocks, or a training log with nothing to summarize."""
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _block(name: str) -> re.Pattern:
@@ -125,7 +130,7 @@ def _model_card(results_json, train_summary, run_log, up_to_step, hardware, card
         summary = summarize_log(run_log, up_to_step=up_to_step)
         summary["hardware"] = hardware or f"{platform.machine()} CPU, {os.cpu_count()} cores"
         if not check:
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            _write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     else:
         summary = json.loads(summary_path.read_text())
     text = Path(card).read_text()
@@ -136,5 +141,5 @@ def _model_card(results_json, train_summary, run_log, up_to_step, hardware, card
             raise ModelCardError(f"{card} is stale; rerun without --check")
         click.echo(f"{card} is up to date")
         return
-    Path(card).write_text(new)
+    _write_text(Path(card), new)
     click.echo(f"wrote {card}")

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from audioembed.errors import AudioembedError
+
 REC_SLOTS = 3  # anchor audio, a mixed-in negative, an augmentation background
 
 
@@ -76,8 +78,8 @@ class CrossBatchMemory:
 
     def load_state_dict(self, state: dict) -> None:
         if state["emb"].shape != self.emb.shape:
-            raise ValueError(f"cross-batch memory of shape {tuple(state['emb'].shape)} in the checkpoint, "
-                             f"{tuple(self.emb.shape)} configured")
+            raise AudioembedError(f"cross-batch memory of shape {tuple(state['emb'].shape)} in the "
+                                  f"checkpoint, {tuple(self.emb.shape)} configured")
         self.emb.copy_(state["emb"])
         self.recs.copy_(state["recs"])
         self.filled, self.ptr = int(state["filled"]), int(state["ptr"])

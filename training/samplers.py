@@ -22,6 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from audioembed import frontend
+from audioembed.errors import AudioembedError
 from training.feature_cache import FeatureCache
 from training.negatives import REC_SLOTS
 
@@ -81,17 +82,21 @@ def random_anchor(cache: FeatureCache, rng: np.random.Generator) -> tuple[int, i
     return f, int(cache.file_recording[f]), int(cache.file_start[f]) + start
 
 
+class SamplerError(AudioembedError, ValueError):
+    """A feature cache the configured samplers cannot draw triplets from."""
+
+
 def random_other(cache: FeatureCache, rng: np.random.Generator, exclude_rec: int,
                  accept=None) -> tuple[int, int, int]:
     """A random window (as :func:`random_anchor`) from a recording other than ``exclude_rec``."""
     if cache.num_recordings < 2:
-        raise ValueError("triplet sampling needs at least two recordings in the cache")
+        raise SamplerError("triplet sampling needs at least two recordings in the cache")
     for _ in range(_MAX_TRIES):
         f, rec, start = random_anchor(cache, rng)
         if rec != exclude_rec and (accept is None or accept(f, rec, start)):
             return f, rec, start
-    raise ValueError(f"found no acceptable negative in {_MAX_TRIES} draws; "
-                     "is nearly all of the cache one recording, or silent?")
+    raise SamplerError(f"found no acceptable negative in {_MAX_TRIES} draws; "
+                       "is nearly all of the cache one recording, or silent?")
 
 
 def _labels(cache: FeatureCache, f: int) -> frozenset | None:
@@ -265,7 +270,7 @@ class ExplicitLabel(TripletSampler):
     def sample(self, cache, rng):
         by_label, labelled = cache.files_by_label, cache.labelled_files
         if not by_label:
-            raise ValueError("explicit-label sampling needs a cache with labels")
+            raise SamplerError("explicit-label sampling needs a cache with labels")
         fa = int(labelled[rng.integers(len(labelled))])
         a_labels = cache.file_labels[fa]
         lab = sorted(a_labels)[int(rng.integers(len(a_labels)))]
@@ -277,7 +282,7 @@ class ExplicitLabel(TripletSampler):
             if not (cache.file_labels[fn] & a_labels):
                 break
         else:
-            raise ValueError(f"no file shares no label with {cache.file_keys[fa]!r}")
+            raise SamplerError(f"no file shares no label with {cache.file_keys[fa]!r}")
         return Triplet.of(self.name, self.minable, self._window(cache, rng, fa),
                           self._window(cache, rng, fp), self._window(cache, rng, fn))
 

@@ -34,11 +34,12 @@ import torch
 from audioembed import frontend
 from audioembed.model import AudioResNet
 from audioembed.model_folder import sha256_file
+from audioembed.errors import AudioembedError
 from audioembed.outputs import atomic_write
 from training import distributed
 from training.checkpoint import (CHECKPOINT_NAME, RunState, git_commit, load_checkpoint,  # noqa: F401
                                  model_from_checkpoint, resume as resume_checkpoint, save_checkpoint)
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.dev_tracking import DevQbE
 from training.feature_cache import FeatureCache
 from training.augment import Augment
@@ -50,6 +51,10 @@ from training.schedule import Schedule
 # CHECKPOINT_NAME, load_checkpoint and model_from_checkpoint live in training.checkpoint; they
 # are imported here too because the experiments layer reaches them through the trainer.
 LOG_NAME = "train_log.jsonl"
+
+
+class RunExistsError(AudioembedError, FileExistsError):
+    """A new run into a folder that already holds a checkpoint (``--resume`` continues it)."""
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -254,8 +259,8 @@ def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
         source_config, state = loaded.config.to_dict(), loaded.state_dict()
         digest = (getattr(loaded, "info", {}) or {}).get("sha256")
     if source_config != config.model.to_dict():
-        raise ValueError(f"[train] init {spec}: its model config {source_config} differs from the "
-                         f"configured {config.model.to_dict()}")
+        raise ConfigError(f"[train] init {spec}: its model config {source_config} differs from the "
+                          f"configured {config.model.to_dict()}")
     model.load_state_dict(state)
     return {"spec": spec, "sha256": digest}
 
@@ -267,8 +272,7 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
     """Whether to autocast to bf16: ``setting`` when true or false; for ``"auto"``, where the
-    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see the README's
-    measurements)."""
+    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see docs/benchmarks.md)."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
@@ -397,8 +401,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     # Every rank checks (and on resume reads) the run folder, so it must be on a filesystem all
     # nodes share; a rank that raised alone would leave the others waiting in DDP.
     if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue that run, "
-                              "or choose another --out")
+        raise RunExistsError(f"{ckpt_path} exists; pass --resume to continue that run, "
+                             "or choose another --out")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     cuda = ctx.device.type == "cuda"
@@ -428,7 +432,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     workers = config.workers if config.workers >= 0 else (4 if cuda else 0)
     per_step = config.batch_size * ctx.world_size
     if ctx.is_main:
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        config_text = json.dumps(config.to_dict(), indent=2) + "\n"
+        atomic_write(out / "config.json", lambda f: f.write(config_text.encode("utf-8")))
     if ctx.is_main and resume:
         _truncate_log(out / LOG_NAME, state.step)
     log_file = open(out / LOG_NAME, "a", encoding="utf-8") if ctx.is_main else None
@@ -510,7 +515,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         log_file.close()
     if write_checksums:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"params.rank{ctx.rank}.sha256").write_text(param_checksum(model) + "\n")
+        digest = param_checksum(model) + "\n"
+        atomic_write(out / f"params.rank{ctx.rank}.sha256", lambda f: f.write(digest.encode("utf-8")))
     distributed.barrier(ctx)
     if ctx.is_main:
         echo(f"stopped at step {state.step} ({state.triplets_seen} triplets): {reason}; "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from audioembed.outputs import atomic_write
 from training.evaluation.settings import EvalSettings
 
 DATASET_HELP = ("fsdd, fsdd-speaker, debian-sfx, debian-sfx-eval / debian-sfx-topline-train (the "
@@ -21,8 +22,7 @@ def _log(msg: str) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
     _log(f"wrote {path}")
 
 

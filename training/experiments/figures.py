@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from audioembed.outputs import atomic_write
 from training.experiments.recipe import Experiment
 from training.experiments.tables import _metric, load_arm_results
 
@@ -47,7 +48,7 @@ def dev_curves(exp: Experiment, results: dict, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
     plt.close(fig)
     return out
 
@@ -72,7 +73,7 @@ def table2_bars(exp: Experiment, results: dict, out: Path) -> Path | None:
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
     plt.close(fig)
     return out
 
@@ -100,7 +101,8 @@ def map_coordinates(exp: Experiment, path: Path, log=print) -> dict:
                                 "y": [round(float(v), 3) for v in xy[:, 1]],
                                 "labels": [labs[0] for labs in kept.labels]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out) + "\n", encoding="utf-8")
+    text = json.dumps(out) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return out
 
 
@@ -122,7 +124,7 @@ def map_2d(coords: dict, out: Path) -> Path:
         ax.set_yticks([])
     axes[0][-1].legend(fontsize=5, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=1.5)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
     plt.close(fig)
     return out
 

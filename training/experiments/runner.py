@@ -9,6 +9,7 @@ redoes at most one checkpoint interval and one dataset's evaluation.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -57,11 +58,12 @@ def _labelled_cache(exp: Experiment, dataset: str, log) -> Path:
     ds = load_dataset(dataset)
     manifest = exp.runs / "_caches" / f"{dataset}.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        for path, labels in zip(ds.paths, ds.labels):
-            w.writerow([path, ";".join(labels)])
+    rows = io.StringIO(newline="")
+    w = csv.writer(rows)
+    w.writerow(["path", "label"])
+    for path, labels in zip(ds.paths, ds.labels):
+        w.writerow([path, ";".join(labels)])
+    atomic_write(manifest, lambda f: f.write(rows.getvalue().encode("utf-8")))
     report = build_cache(manifest, out, progress=False)
     log(f"cache {out}: {report.added} clips added, {report.skipped} already cached, "
         f"{len(report.failures)} failed")

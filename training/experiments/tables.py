@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from audioembed.outputs import atomic_write
 from training.evaluation.report import recovery
 from training.experiments.recipe import Arm, Experiment
 from training.experiments.runner import arm_json
@@ -256,14 +257,18 @@ def _card_texts(exp: Experiment, markdown: str):
         yield card, text, splice(text, exp.title, card_block(exp, card, markdown))
 
 
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write(exp: Experiment) -> list[Path]:
     """Write the Markdown (and the block of each card the recipe names)."""
     markdown = render(exp)
     exp.markdown.parent.mkdir(parents=True, exist_ok=True)
-    exp.markdown.write_text(markdown, encoding="utf-8")
+    _write_text(exp.markdown, markdown)
     written = [exp.markdown]
     for card, _, fresh in _card_texts(exp, markdown):
-        card.write_text(fresh, encoding="utf-8")
+        _write_text(card, fresh)
         written.append(card)
     return written
 
