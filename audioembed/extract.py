@@ -33,7 +33,7 @@ from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDepe
 from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import archive_arrays, remove_stale_temp_files, save_archive, save_npy, temp_name
 from audioembed.registry import DEFAULT_MODEL
-from audioembed.shards import Shard
+from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
 
 FORMATS = ("npy", "npz")
 WINDOWS_SUFFIX = ".windows.npy"
@@ -448,10 +448,16 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                             "outputs are already complete (--skip-existing)")
     if not tasks and not (mode == "npz" and shard is not None):
         return report
+    loaded = load_model_for_cli(model, device, backend)
     try:
-        net = api.readout_network(load_model_for_cli(model, device, backend), layer)
+        net = api.readout_network(loaded, layer)
     except InvalidArgumentError as exc:
         raise UsageError(f"--layer: {exc}") from exc
+    fingerprint = None
+    if mode == "npz" and shard is not None:
+        fingerprint = run_fingerprint([s.path for s in sources], {
+            "model": model_identity(loaded, model), "backend": backend, "layer": layer,
+            "hop": hop, "frontend": frontend.config()})
     bar = None
     if progress:
         bar = Progress(sum(audio_seconds(t[0].path) for t in tasks), len(tasks), shard,
@@ -484,8 +490,15 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
             bar.close()
     # A shard writes its archive even when empty, so a merge can tell it ran.
     if mode == "npz" and (done or shard is not None):
-        _write_archive(archive, done, windows, report, net.embedding_dim, shard)
+        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint)
     return report
+
+
+def model_identity(net, model) -> str:
+    """What tells one model's embeddings from another's: its weights' sha256 where known (a
+    torch model, or an ONNX file exported from one), else the name it was given."""
+    info = getattr(net, "info", None) or getattr(net, "metadata", None) or {}
+    return info.get("sha256") or os.fspath(model or DEFAULT_MODEL)
 
 
 SKIP = "skip"  # _plan's marker: the input's outputs are complete (skip_existing)
@@ -568,7 +581,7 @@ def _rescue_paths(output: Path) -> Iterator[Path]:
 
 
 def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
-                   shard: Shard | None) -> None:
+                   shard: Shard | None, fingerprint: str | None = None) -> None:
     results = [res for _, res, _ in done]
     arrays = archive_arrays(
         [os.fspath(src.path) for src, _, _ in done], [res.embedding for res in results], dim,
@@ -577,6 +590,7 @@ def _write_archive(output: Path, done: list, windows: bool, report: RunReport, d
     if shard is not None:
         arrays["indices"] = np.array([pos for _, _, pos in done], dtype=np.int64)
         arrays["shard"] = np.array([shard.index, shard.count], dtype=np.int64)
+        arrays[FINGERPRINT_KEY] = np.array(fingerprint)
     try:
         save_archive(output, arrays)
     except OSError as exc:
