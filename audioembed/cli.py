@@ -105,7 +105,8 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     Exit status: 0 all inputs embedded, 1 some input failed, 2 usage error (bad option,
     impossible or unwritable output, model cannot be loaded), 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM). An interrupted run finishes or drops the file it is writing;
-    rerun with --skip-existing to go on where it stopped.
+    with npy outputs rerun with --skip-existing to go on where it stopped (an npz archive
+    is written whole at the end, so an interrupted npz run writes nothing).
 
     \b
     Many processes or machines: each takes shard K of N of the sorted input list
@@ -177,8 +178,13 @@ def _report_interrupt(exc: KeyboardInterrupt) -> None:
     if report is None:
         click.echo(f"{what} before any input was embedded", err=True)
         return
-    click.echo(f"{what}: {report.succeeded} of {report.total} inputs written; rerun with "
-               "--skip-existing to go on", err=True)
+    if report.resumable:
+        click.echo(f"{what}: {report.succeeded} of {report.total} inputs written; rerun with "
+                   "--skip-existing to go on", err=True)
+    else:
+        click.echo(f"{what}: nothing was written: {printable(str(report.destination))} is written "
+                   "whole at the end; run the command again (to resume a long job, write .npy "
+                   "files with -o FOLDER and rerun with --skip-existing)", err=True)
     for line in report.failures:
         click.echo(f"  {printable(line)}", err=True)
 

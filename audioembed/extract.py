@@ -59,6 +59,9 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # informational: skipped files, cleanup
     outputs: list[Path] = field(default_factory=list)
     destination: Path | None = None  # -o, or this shard's archive
+    # Whether an interrupted run can go on with skip_existing: npy outputs are written as each
+    # input is done, an npz archive only whole at the end.
+    resumable: bool = True
 
     @property
     def failed(self) -> int:
@@ -414,7 +417,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     check_writable(output, mode)
     mine = list(shard.positions(len(sources))) if shard is not None else range(len(sources))
     archive = shard.archive(output) if shard is not None and mode == "npz" else output
-    report = RunReport(total=len(mine), failures=failures, destination=archive)
+    report = RunReport(total=len(mine), failures=failures, destination=archive,
+                       resumable=mode != "npz")
     note = skipped_note(skipped_ext)
     if note is not None:
         report.notes.append(note)
