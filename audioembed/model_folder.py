@@ -150,6 +150,15 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+def _check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Refuse weights holding NaN or infinity: they would make every embedding NaN, which
+    extract would then blame on the audio."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ModelFormatError(f"{weights}: tensor {k} holds NaN or infinite values; the "
+                                   "weights are corrupt (export or download them again)")
+
+
 def load_model_folder(folder: str | os.PathLike, device: str | torch.device | None = None,
                       expected_sha256: str | None = None) -> AudioResNet:
     """Load a release-format folder as an fp32 model in eval mode, on ``device`` (default CPU).
@@ -182,6 +191,7 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
     if missing or unexpected or wrong_shape:
         raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
+    _check_finite(state, weights)
     model.load_state_dict(state)
     model.info = {"folder": str(folder), "sha256": digest, "config": config}
     model.eval()
