@@ -1,15 +1,13 @@
 """Model folders whose weights are corrupt are refused at load, naming what is wrong."""
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
-from audioembed import AudioResNet, save_model_folder
+from audioembed import save_model_folder
 from audioembed.cli import main
 from audioembed.model_folder import ModelFormatError, load_model_folder
-from conftest import TINY_MODEL_CONFIG
-
-import pytest
 
 
 def cli(*args):
@@ -17,9 +15,8 @@ def cli(*args):
 
 
 @pytest.fixture
-def nan_model_dir(tmp_path):
-    torch.manual_seed(0)
-    net = AudioResNet(TINY_MODEL_CONFIG)
+def nan_model_dir(tiny_model_dir, tmp_path):
+    net = load_model_folder(tiny_model_dir)
     with torch.no_grad():
         net.layer2[0].conv2.weight[0, 0, 0, 0] = float("nan")
     return save_model_folder(net, tmp_path / "nan_model")
