@@ -398,16 +398,32 @@ def as_waveform(audio, sr: int | None, name: str = "<array>") -> np.ndarray:
     if sr is None:
         raise AudioError(f"{name}: a sample rate (sr=...) is required for array input")
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
+        audio = _tensor_to_numpy(audio, name)
     data = np.asarray(audio)
     if data.ndim == 2 and data.shape[0] > 64 and data.shape[1] <= 64:
         raise AudioError(f"{name}: 2-D audio must be (channels, samples); got {data.shape}, "
                          "which looks like (samples, channels): pass audio.T")
-    if np.issubdtype(data.dtype, np.integer):
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        # Offset PCM (8-bit WAV's convention): silence is the middle code, 2^(bits-1).
+        half = 2.0 ** (8 * data.dtype.itemsize - 1)
+        data = ((data.astype(np.float64) - half) / half).astype(np.float32)
+    elif np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
     elif not np.issubdtype(data.dtype, np.floating):
-        raise AudioError(f"{name}: unsupported sample dtype {data.dtype}")
+        raise AudioError(f"{name}: unsupported sample dtype {data.dtype}; pass float samples in "
+                         "[-1, 1] or integer PCM")
     return to_mono(data, name=name)
+
+
+def _tensor_to_numpy(audio: torch.Tensor, name: str) -> np.ndarray:
+    audio = audio.detach().cpu()
+    # numpy has no bfloat16 (nor float8): float32 holds their every value exactly.
+    if audio.is_floating_point() and audio.dtype not in (torch.float16, torch.float32, torch.float64):
+        audio = audio.float()
+    try:
+        return audio.numpy()
+    except TypeError as exc:  # a dtype numpy cannot hold
+        raise AudioError(f"{name}: unsupported tensor dtype {audio.dtype}") from exc
 
 
 def silence_message(name: str, cancelled: bool = False) -> str:
