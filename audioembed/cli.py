@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -218,7 +219,8 @@ def merge(shard_files, output, overwrite):
     \b
     Inputs come out in the order of the whole run, with the keys an unsharded run writes.
     Every shard 0..N-1 must be given, once.
-    Exit status: 0 merged; 1 a shard is missing, unreadable or from another run.
+    Exit status: 0 merged; 1 a shard is missing, unreadable or from another run (the input
+    list, model, backend, layer or hop differ); 2 the output cannot be written.
 
     \b
     Example:
@@ -229,8 +231,10 @@ def merge(shard_files, output, overwrite):
     try:
         n_inputs, n_shards = shards.merge_files(shard_files, output, overwrite=overwrite)
     except shards.MergeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
+    except AudioembedError as exc:  # an output that cannot be written
+        raise click.UsageError(printable(str(exc))) from exc
     click.echo(f"merged {n_inputs} inputs from {n_shards} shards -> {output}", err=True)
 
 
@@ -257,11 +261,19 @@ def export_onnx(output, model, int8, calibrate, pooled, overwrite):
     Exit status: 0 exported; 1 the ONNX packages are missing; 2 usage error (bad model).
     """
     from audioembed import extract as extract_mod, onnx_backend, quantize
+    from audioembed.outputs import check_writable
 
     if os.path.exists(output) and not overwrite:
         raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
     if calibrate and not int8:
         raise click.UsageError("--calibrate applies to --int8 exports")
+    if os.path.isdir(output):
+        raise click.UsageError(f"{output}: is a folder; name the .onnx file to write")
+    try:
+        # Checked before the export, which takes seconds.
+        check_writable(Path(output), "single")
+    except AudioembedError as exc:
+        raise click.UsageError(str(exc)) from exc
     try:
         net = extract_mod.load_model_for_cli(model, None)
     except AudioembedError as exc:

@@ -29,9 +29,10 @@ from audioembed import api, frontend
 from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
                                  is_audio_name, silence_message)
 from audioembed.backends import BACKENDS, resolve_backend
-from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError
+from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError, UsageError
 from audioembed.loading import ONNX, parse_model_spec
-from audioembed.outputs import archive_arrays, remove_stale_temp_files, save_archive, save_npy, temp_name
+from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
+                                save_npy)
 from audioembed.registry import DEFAULT_MODEL
 from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
 
@@ -41,10 +42,6 @@ TIMESTAMPS_SUFFIX = ".timestamps.npy"
 NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, XFS, APFS, NTFS)
 # Seconds between progress lines when stderr is not a terminal (a log file, a job's output).
 PROGRESS_INTERVAL = 30.0
-
-
-class UsageError(AudioembedError, ValueError):
-    """The command line asks for something impossible; nothing has been written."""
 
 
 @dataclass
@@ -230,6 +227,8 @@ def _check_options(hop: float, batch_size: int, device: str | None, workers: int
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--device {device!r}: {exc}") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: audioembed runs on cpu, cuda or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -265,27 +264,6 @@ def load_model_for_cli(model, device: str | None, backend: str = "torch"):
         raise UsageError(str(exc)) from exc
     except MODEL_LOAD_ERRORS as exc:
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
-
-
-def check_writable(output: Path, mode: str) -> None:
-    """Raise a UsageError, naming the real path, unless outputs can be created where ``output``
-    says; checked before any work, by creating (and removing) a file there."""
-    target = output if mode == "dir" else output.parent
-    folder = target
-    while not folder.exists():
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"-o {output}: {folder} is a file, so {target} cannot be created as a folder")
-    probe = folder / temp_name()
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.unlink(probe)
-    except OSError as exc:
-        where = "" if folder == target else f" (it would be created in {folder})"
-        raise UsageError(f"-o {output}: cannot write to {folder}{where}: "
-                         f"{exc.strerror or exc}") from exc
 
 
 class Progress:

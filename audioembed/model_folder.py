@@ -16,7 +16,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from audioembed import frontend
@@ -150,6 +150,24 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+def _check_shapes(model: AudioResNet, weights: Path) -> None:
+    """Refuse weights whose tensor names or shapes differ from ``model``'s, reading only the
+    file's header."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as exc:
+        raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong_shape = [f"{k} {shapes[k]} != {v}" for k, v in expected.items()
+                   if k in shapes and shapes[k] != v]
+    if missing or unexpected or wrong_shape:
+        raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
+
+
 def _check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
     """Refuse weights holding NaN or infinity: they would make every embedding NaN, which
     extract would then blame on the audio."""
@@ -177,22 +195,18 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelFormatError(f"{weights}: sha256 {digest} does not match the registry's "
                                f"{expected_sha256}; the file is corrupt or was replaced")
-    model = AudioResNet(ModelConfig.from_dict(config["model"]))
+    # Built on the meta device, which allocates nothing, so that a config asking for a huge
+    # network is refused by the shape check below before any memory is taken.
+    with torch.device("meta"):
+        model = AudioResNet(ModelConfig.from_dict(config["model"]))
+    _check_shapes(model, weights)
     try:
         stored = load_file(str(weights))
     except SafetensorError as exc:
         raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
     _check_finite(state, weights)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)
     model.info = {"folder": str(folder), "sha256": digest, "config": config}
     model.eval()
     model.to(device=device or "cpu", memory_format=torch.channels_last)

@@ -23,8 +23,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from audioembed.errors import AudioembedError
-from audioembed.outputs import WINDOW_KEYS, archive_arrays, save_archive
+from audioembed.errors import AudioembedError, UsageError
+from audioembed.outputs import (WINDOW_KEYS, ArchiveError, archive_arrays, check_writable,
+                                read_archive, save_archive)
 
 FINGERPRINT_KEY = "run_fingerprint"
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -112,10 +113,9 @@ def run_fingerprint(inputs: Sequence[str | os.PathLike], settings: Mapping[str, 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise MergeError(f"{path}: cannot be read as an npz archive ({exc})") from exc
+        return read_archive(path)
+    except ArchiveError as exc:
+        raise MergeError(str(exc)) from exc
 
 
 def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], int]:
@@ -181,10 +181,21 @@ def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], in
 
 def merge_files(paths: Sequence[str | os.PathLike], output: str | os.PathLike, overwrite: bool = False
                 ) -> tuple[int, int]:
-    """Merge shard archives into ``output`` (atomically); returns (inputs, shards)."""
+    """Merge shard archives into ``output`` (atomically); returns (inputs, shards).
+
+    Raises:
+        MergeError: the shards are missing, unreadable or not of one run; ``output`` exists.
+        UsageError: ``output`` cannot be written (nothing is left there).
+    """
     output = Path(output)
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a folder; merge writes one archive file, e.g. all.npz")
     if output.exists() and not overwrite:
         raise MergeError(f"{output}: exists; pass --overwrite to replace it")
+    check_writable(output, "npz")
     arrays, count = merge(paths)
-    save_archive(output, arrays)
+    try:
+        save_archive(output, arrays)
+    except OSError as exc:
+        raise UsageError(f"-o {output}: cannot write: {exc.strerror or exc}") from exc
     return len(arrays["names"]), count
