@@ -31,7 +31,20 @@ MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or 
               "hf-hub:org/repo[@revision]. Default: the registry's default model.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The command group; Ctrl-C before a command handles it itself (while torch is still
+    being imported, say) exits 130 as it does later, not with click's "Aborted!" and 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted (Ctrl-C)", err=True)
+            ctx.exit(EXIT_SIGINT)
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="audioembed")
 def main() -> None:
     """Unsupervised semantic audio embeddings (Jansen et al., ICASSP 2018): 128-d, unit norm."""
