@@ -4,7 +4,8 @@
 
     {"format_version": 1, "library": "audioembed", "embedding_dim": 128,
      "model": {...ModelConfig...}, "frontend": {...frontend.config()...},
-     "provenance": {...how the weights were made...}}
+     "provenance": {...how the weights were made...},
+     "weights_sha256": "...sha256 of model.safetensors, checked at load..."}
 
 Weights are stored as fp16 (half the download) and loaded as fp32.
 """
@@ -27,6 +28,10 @@ from audioembed.outputs import atomic_write
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# config.json's record of model.safetensors' sha256, checked at load: a folder whose weights
+# were overwritten or damaged is refused, not silently loaded. Folders saved before it was
+# written have none (the bundled ones are checked against the registry instead).
+WEIGHTS_SHA256_KEY = "weights_sha256"
 
 
 class ModelFormatError(AudioembedError, ValueError):
@@ -102,6 +107,7 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
             v = cast
         tensors[k] = v.contiguous()
     folder.mkdir(parents=True, exist_ok=True)
+    data = save(tensors, metadata={"format": "pt"})
     config = {
         "format_version": FORMAT_VERSION,
         "library": "audioembed",
@@ -109,8 +115,9 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
         "model": model.config.to_dict(),
         "frontend": frontend.config(),
         "provenance": release_provenance(provenance or {}),
+        WEIGHTS_SHA256_KEY: hashlib.sha256(data).hexdigest(),
     }
-    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(data))
     atomic_write(folder / CONFIG_NAME,
                  lambda f: f.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode()))
     return folder
@@ -200,6 +207,11 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
     with torch.device("meta"):
         model = AudioResNet(ModelConfig.from_dict(config["model"]))
     _check_shapes(model, weights)
+    # After the structural checks, which say more precisely what is wrong with a broken file.
+    recorded = config.get(WEIGHTS_SHA256_KEY)
+    if recorded is not None and digest != recorded:
+        raise ModelFormatError(f"{weights}: sha256 {digest} does not match the {recorded!r} that "
+                               f"{CONFIG_NAME} records; the file is corrupt or was replaced")
     try:
         stored = load_file(str(weights))
     except SafetensorError as exc:
