@@ -321,6 +321,10 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         SilentAudioWarning: an input is all zeros. TruncatedAudioWarning: a file holds less
         audio than its header declares (the readable part is embedded).
     """
+    if isinstance(audio, Iterator):
+        # Taken as one input it would fail as an array of dtype object, far from the cause.
+        raise InvalidArgumentError(f"embed() got {type(audio).__name__} {audio!r}: pass a path, "
+                                   "an array or tensor, or a list of them (e.g. list(...))")
     single = _is_single(audio)
     items = [audio] if single else list(audio)
     if not items:

@@ -171,6 +171,12 @@ def describe_read_failure(path: str, exc: Exception) -> str:
         return f"{path}: is a directory, not an audio file"
     if not os.access(path, os.R_OK):
         return f"{path}: permission denied"
+    if path in STDIN_PATHS and not stat.S_ISREG(os.stat(path).st_mode):
+        # A pipe's bytes are gone once libsndfile has read them: neither its size nor its
+        # head can be looked at again.
+        return (f"{path}: cannot be decoded from a pipe ({_libsndfile_reason(exc)}); WAV can be "
+                "streamed, other formats (FLAC, Ogg, MP3) may need a file: redirect one "
+                "(< clip.flac) or save the stream first")
     if os.path.getsize(path) == 0:
         return f"{path}: empty file (0 bytes)"
     try:
@@ -280,9 +286,11 @@ class AudioSource:
     def truncation(self, frames_read: int) -> str | None:
         """Why the file seems cut short, naming it, after ``frames_read`` frames were read; or
         None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
-        if self._file is None or not self._file.seekable():
+        if self._file is None:
             return None
         fmt = self._file.format
+        if not self._file.seekable():
+            return self._stream_truncation(frames_read)
         declared = None
         try:
             if fmt == "WAV":
@@ -304,6 +312,24 @@ class AudioSource:
                     f"({_seconds(declared, self.rate)}) but the file holds {frames_read} "
                     f"({_seconds(frames_read, self.rate)})")
         return None
+
+
+    def _stream_truncation(self, frames_read: int) -> str | None:
+        """:meth:`truncation` of a pipe, which cannot be read again: a WAV header's frame count
+        is what libsndfile reports (the largest int32 for a stream written before its length
+        was known, as ``sox ... -t wav -`` writes)."""
+        declared = self._file.frames
+        if self._file.format != "WAV" or not 0 < declared < _UNKNOWN_STREAM_FRAMES:
+            return None
+        if declared > frames_read:
+            return (f"{self.name}: truncated: the header declares {declared} frames "
+                    f"({_seconds(declared, self.rate)}) but the stream held {frames_read} "
+                    f"({_seconds(frames_read, self.rate)})")
+        return None
+
+
+# libsndfile's frame count for a WAV stream whose data size is 0xFFFFFFFF ("unknown").
+_UNKNOWN_STREAM_FRAMES = 2 ** 31 - 1
 
 
 def _seconds(frames: int, rate: int) -> str:
@@ -399,16 +425,32 @@ def as_waveform(audio, sr: int | None, name: str = "<array>") -> np.ndarray:
     if sr is None:
         raise AudioError(f"{name}: a sample rate (sr=...) is required for array input")
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
+        audio = _tensor_to_numpy(audio, name)
     data = np.asarray(audio)
     if data.ndim == 2 and data.shape[0] > 64 and data.shape[1] <= 64:
         raise AudioError(f"{name}: 2-D audio must be (channels, samples); got {data.shape}, "
                          "which looks like (samples, channels): pass audio.T")
-    if np.issubdtype(data.dtype, np.integer):
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        # Offset PCM (8-bit WAV's convention): silence is the middle code, 2^(bits-1).
+        half = 2.0 ** (8 * data.dtype.itemsize - 1)
+        data = ((data.astype(np.float64) - half) / half).astype(np.float32)
+    elif np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
     elif not np.issubdtype(data.dtype, np.floating):
-        raise AudioError(f"{name}: unsupported sample dtype {data.dtype}")
+        raise AudioError(f"{name}: unsupported sample dtype {data.dtype}; pass float samples in "
+                         "[-1, 1] or integer PCM")
     return to_mono(data, name=name)
+
+
+def _tensor_to_numpy(audio: torch.Tensor, name: str) -> np.ndarray:
+    audio = audio.detach().cpu()
+    # numpy has no bfloat16 (nor float8): float32 holds their every value exactly.
+    if audio.is_floating_point() and audio.dtype not in (torch.float16, torch.float32, torch.float64):
+        audio = audio.float()
+    try:
+        return audio.numpy()
+    except TypeError as exc:  # a dtype numpy cannot hold
+        raise AudioError(f"{name}: unsupported tensor dtype {audio.dtype}") from exc
 
 
 def silence_message(name: str, cancelled: bool = False) -> str:

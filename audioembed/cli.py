@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -32,7 +33,20 @@ MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or 
               "hf-hub:org/repo[@revision]. Default: the registry's default model.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The command group; Ctrl-C before a command handles it itself (while torch is still
+    being imported, say) exits 130 as it does later, not with click's "Aborted!" and 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted (Ctrl-C)", err=True)
+            ctx.exit(EXIT_SIGINT)
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="audioembed")
 def main() -> None:
     """Unsupervised semantic audio embeddings (Jansen et al., ICASSP 2018): 128-d, unit norm."""
@@ -107,7 +121,8 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     Exit status: 0 all inputs embedded, 1 some input failed, 2 usage error (bad option,
     impossible or unwritable output, model cannot be loaded), 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM). An interrupted run finishes or drops the file it is writing;
-    rerun with --skip-existing to go on where it stopped.
+    with npy outputs rerun with --skip-existing to go on where it stopped (an npz archive
+    is written whole at the end, so an interrupted npz run writes nothing).
 
     \b
     Many processes or machines: each takes shard K of N of the sorted input list
@@ -179,8 +194,13 @@ def _report_interrupt(exc: KeyboardInterrupt) -> None:
     if report is None:
         click.echo(f"{what} before any input was embedded", err=True)
         return
-    click.echo(f"{what}: {report.succeeded} of {report.total} inputs written; rerun with "
-               "--skip-existing to go on", err=True)
+    if report.resumable:
+        click.echo(f"{what}: {report.succeeded} of {report.total} inputs written; rerun with "
+                   "--skip-existing to go on", err=True)
+    else:
+        click.echo(f"{what}: nothing was written: {printable(str(report.destination))} is written "
+                   "whole at the end; run the command again (to resume a long job, write .npy "
+                   "files with -o FOLDER and rerun with --skip-existing)", err=True)
     for line in report.failures:
         click.echo(f"  {printable(line)}", err=True)
 
@@ -220,7 +240,8 @@ def merge(shard_files, output, overwrite):
     \b
     Inputs come out in the order of the whole run, with the keys an unsharded run writes.
     Every shard 0..N-1 must be given, once.
-    Exit status: 0 merged; 1 a shard is missing, unreadable or from another run.
+    Exit status: 0 merged; 1 a shard is missing, unreadable or from another run (the input
+    list, model, backend, layer or hop differ); 2 the output cannot be written.
 
     \b
     Example:
@@ -231,8 +252,10 @@ def merge(shard_files, output, overwrite):
     try:
         n_inputs, n_shards = shards.merge_files(shard_files, output, overwrite=overwrite)
     except shards.MergeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
+    except AudioembedError as exc:  # an output that cannot be written
+        raise click.UsageError(printable(str(exc))) from exc
     click.echo(f"merged {n_inputs} inputs from {n_shards} shards -> {output}", err=True)
 
 
@@ -259,11 +282,19 @@ def export_onnx(output, model, int8, calibrate, pooled, overwrite):
     Exit status: 0 exported; 1 the ONNX packages are missing; 2 usage error (bad model).
     """
     from audioembed import extract as extract_mod, onnx_backend, quantize
+    from audioembed.outputs import check_writable
 
     if os.path.exists(output) and not overwrite:
         raise click.UsageError(f"{output}: exists; pass --overwrite to replace it")
     if calibrate and not int8:
         raise click.UsageError("--calibrate applies to --int8 exports")
+    if os.path.isdir(output):
+        raise click.UsageError(f"{output}: is a folder; name the .onnx file to write")
+    try:
+        # Checked before the export, which takes seconds.
+        check_writable(Path(output), "single")
+    except AudioembedError as exc:
+        raise click.UsageError(str(exc)) from exc
     try:
         net = extract_mod.load_model_for_cli(model, None)
     except AudioembedError as exc:

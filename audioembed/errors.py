@@ -21,3 +21,8 @@ class InvalidArgumentError(AudioembedError, ValueError):
 
 class MissingDependencyError(AudioembedError, ImportError):
     """An optional package a feature needs is not installed; the message says how to add it."""
+
+
+class UsageError(AudioembedError, ValueError):
+    """The command line asks for something impossible (an output that cannot be written, an
+    option out of range); nothing has been written. The CLI exits 2."""

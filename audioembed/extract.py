@@ -29,11 +29,12 @@ from audioembed import api, frontend
 from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
                                  is_audio_name, silence_message)
 from audioembed.backends import BACKENDS, resolve_backend
-from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError
+from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError, UsageError
 from audioembed.loading import ONNX, parse_model_spec
-from audioembed.outputs import archive_arrays, remove_stale_temp_files, save_archive, save_npy, temp_name
+from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
+                                save_npy)
 from audioembed.registry import DEFAULT_MODEL
-from audioembed.shards import Shard
+from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
 
 FORMATS = ("npy", "npz")
 WINDOWS_SUFFIX = ".windows.npy"
@@ -41,10 +42,6 @@ TIMESTAMPS_SUFFIX = ".timestamps.npy"
 NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, XFS, APFS, NTFS)
 # Seconds between progress lines when stderr is not a terminal (a log file, a job's output).
 PROGRESS_INTERVAL = 30.0
-
-
-class UsageError(AudioembedError, ValueError):
-    """The command line asks for something impossible; nothing has been written."""
 
 
 @dataclass
@@ -59,6 +56,9 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # informational: skipped files, cleanup
     outputs: list[Path] = field(default_factory=list)
     destination: Path | None = None  # -o, or this shard's archive
+    # Whether an interrupted run can go on with skip_existing: npy outputs are written as each
+    # input is done, an npz archive only whole at the end.
+    resumable: bool = True
 
     @property
     def failed(self) -> int:
@@ -227,6 +227,8 @@ def _check_options(hop: float, batch_size: int, device: str | None, workers: int
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--device {device!r}: {exc}") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: audioembed runs on cpu, cuda or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -262,27 +264,6 @@ def load_model_for_cli(model, device: str | None, backend: str = "torch"):
         raise UsageError(str(exc)) from exc
     except MODEL_LOAD_ERRORS as exc:
         raise UsageError(f"--model {model or DEFAULT_MODEL}: {exc}") from exc
-
-
-def check_writable(output: Path, mode: str) -> None:
-    """Raise a UsageError, naming the real path, unless outputs can be created where ``output``
-    says; checked before any work, by creating (and removing) a file there."""
-    target = output if mode == "dir" else output.parent
-    folder = target
-    while not folder.exists():
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"-o {output}: {folder} is a file, so {target} cannot be created as a folder")
-    probe = folder / temp_name()
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.unlink(probe)
-    except OSError as exc:
-        where = "" if folder == target else f" (it would be created in {folder})"
-        raise UsageError(f"-o {output}: cannot write to {folder}{where}: "
-                         f"{exc.strerror or exc}") from exc
 
 
 class Progress:
@@ -414,7 +395,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     check_writable(output, mode)
     mine = list(shard.positions(len(sources))) if shard is not None else range(len(sources))
     archive = shard.archive(output) if shard is not None and mode == "npz" else output
-    report = RunReport(total=len(mine), failures=failures, destination=archive)
+    report = RunReport(total=len(mine), failures=failures, destination=archive,
+                       resumable=mode != "npz")
     note = skipped_note(skipped_ext)
     if note is not None:
         report.notes.append(note)
@@ -448,10 +430,16 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                             "outputs are already complete (--skip-existing)")
     if not tasks and not (mode == "npz" and shard is not None):
         return report
+    loaded = load_model_for_cli(model, device, backend)
     try:
-        net = api.readout_network(load_model_for_cli(model, device, backend), layer)
+        net = api.readout_network(loaded, layer)
     except InvalidArgumentError as exc:
         raise UsageError(f"--layer: {exc}") from exc
+    fingerprint = None
+    if mode == "npz" and shard is not None:
+        fingerprint = run_fingerprint([s.path for s in sources], {
+            "model": model_identity(loaded, model), "backend": backend, "layer": layer,
+            "hop": hop, "frontend": frontend.config()})
     bar = None
     if progress:
         bar = Progress(sum(audio_seconds(t[0].path) for t in tasks), len(tasks), shard,
@@ -484,8 +472,15 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
             bar.close()
     # A shard writes its archive even when empty, so a merge can tell it ran.
     if mode == "npz" and (done or shard is not None):
-        _write_archive(archive, done, windows, report, net.embedding_dim, shard)
+        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint)
     return report
+
+
+def model_identity(net, model) -> str:
+    """What tells one model's embeddings from another's: its weights' sha256 where known (a
+    torch model, or an ONNX file exported from one), else the name it was given."""
+    info = getattr(net, "info", None) or getattr(net, "metadata", None) or {}
+    return info.get("sha256") or os.fspath(model or DEFAULT_MODEL)
 
 
 SKIP = "skip"  # _plan's marker: the input's outputs are complete (skip_existing)
@@ -568,7 +563,7 @@ def _rescue_paths(output: Path) -> Iterator[Path]:
 
 
 def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
-                   shard: Shard | None) -> None:
+                   shard: Shard | None, fingerprint: str | None = None) -> None:
     results = [res for _, res, _ in done]
     arrays = archive_arrays(
         [os.fspath(src.path) for src, _, _ in done], [res.embedding for res in results], dim,
@@ -577,6 +572,7 @@ def _write_archive(output: Path, done: list, windows: bool, report: RunReport, d
     if shard is not None:
         arrays["indices"] = np.array([pos for _, _, pos in done], dtype=np.int64)
         arrays["shard"] = np.array([shard.index, shard.count], dtype=np.int64)
+        arrays[FINGERPRINT_KEY] = np.array(fingerprint)
     try:
         save_archive(output, arrays)
     except OSError as exc:

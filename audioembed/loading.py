@@ -16,6 +16,9 @@ from audioembed.model_folder import CONFIG_NAME, WEIGHTS_NAME, ModelFormatError,
 
 HF_PREFIX = "hf-hub:"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# The Hub's rule for an organisation or repository name (huggingface_hub's validate_repo_id),
+# checked here so that a malformed name is a one-line error rather than its HFValidationError.
+_HUB_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 
 
 class ModelNotAvailableError(AudioembedError, RuntimeError):
@@ -27,8 +30,11 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     """``hf-hub:org/repo@rev`` -> ``("org/repo", "rev")``."""
     spec = name[len(HF_PREFIX):]
     repo, _, rev = spec.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ModelFormatError(f"bad Hub model name {name!r}; expected hf-hub:org/repo[@revision]")
+    if repo.count("/") != 1 or not all(_HUB_PART.fullmatch(p) and "--" not in p and ".." not in p
+                                       for p in repo.split("/")):
+        raise ModelFormatError(f"bad Hub model name {name!r}; expected hf-hub:org/repo[@revision], "
+                               "org and repo made of letters, digits, '-', '_' and '.' (no '--' "
+                               "or '..', at most 96 characters each)")
     return repo, rev or None
 
 

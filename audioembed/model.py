@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from audioembed.errors import InvalidArgumentError
 
 
+# Bounds on a config's sizes, far above any trained network (ResNet-50: base_width 64, at most
+# 6 blocks a stage), so that a corrupt or hostile config.json is refused before a network of
+# its size is built.
+_MAX_BLOCKS = 64
+_MAX_SIZES = {"base_width": 1024, "in_channels": 64, "embedding_dim": 16384}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an embedding network; stored under ``"model"`` in ``config.json``."""
@@ -38,8 +45,12 @@ class ModelConfig:
         cfg = cls(**d)
         if cfg.arch != "resnet":
             raise ValueError(f"unsupported arch {cfg.arch!r}; this version knows 'resnet'")
-        if len(cfg.layers) != 4 or min(cfg.layers) < 1:
-            raise ValueError(f"layers must be four positive block counts, got {cfg.layers}")
+        if len(cfg.layers) != 4 or min(cfg.layers) < 1 or max(cfg.layers) > _MAX_BLOCKS:
+            raise ValueError(f"layers must be four block counts in 1..{_MAX_BLOCKS}, got {cfg.layers}")
+        for key, most in _MAX_SIZES.items():
+            value = getattr(cfg, key)
+            if not (type(value) is int and 1 <= value <= most):
+                raise ValueError(f"{key} must be an integer in 1..{most}, got {value!r}")
         return cfg
 
     def to_dict(self) -> dict:

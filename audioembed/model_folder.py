@@ -4,7 +4,8 @@
 
     {"format_version": 1, "library": "audioembed", "embedding_dim": 128,
      "model": {...ModelConfig...}, "frontend": {...frontend.config()...},
-     "provenance": {...how the weights were made...}}
+     "provenance": {...how the weights were made...},
+     "weights_sha256": "...sha256 of model.safetensors, checked at load..."}
 
 Weights are stored as fp16 (half the download) and loaded as fp32.
 """
@@ -16,7 +17,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from audioembed import frontend
@@ -27,6 +28,10 @@ from audioembed.outputs import atomic_write
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# config.json's record of model.safetensors' sha256, checked at load: a folder whose weights
+# were overwritten or damaged is refused, not silently loaded. Folders saved before it was
+# written have none (the bundled ones are checked against the registry instead).
+WEIGHTS_SHA256_KEY = "weights_sha256"
 
 
 class ModelFormatError(AudioembedError, ValueError):
@@ -102,6 +107,7 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
             v = cast
         tensors[k] = v.contiguous()
     folder.mkdir(parents=True, exist_ok=True)
+    data = save(tensors, metadata={"format": "pt"})
     config = {
         "format_version": FORMAT_VERSION,
         "library": "audioembed",
@@ -109,8 +115,9 @@ def save_model_folder(model: AudioResNet, folder: str | os.PathLike, provenance:
         "model": model.config.to_dict(),
         "frontend": frontend.config(),
         "provenance": release_provenance(provenance or {}),
+        WEIGHTS_SHA256_KEY: hashlib.sha256(data).hexdigest(),
     }
-    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(data))
     atomic_write(folder / CONFIG_NAME,
                  lambda f: f.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode()))
     return folder
@@ -150,6 +157,33 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+def _check_shapes(model: AudioResNet, weights: Path) -> None:
+    """Refuse weights whose tensor names or shapes differ from ``model``'s, reading only the
+    file's header."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as exc:
+        raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong_shape = [f"{k} {shapes[k]} != {v}" for k, v in expected.items()
+                   if k in shapes and shapes[k] != v]
+    if missing or unexpected or wrong_shape:
+        raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
+
+
+def _check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Refuse weights holding NaN or infinity: they would make every embedding NaN, which
+    extract would then blame on the audio."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ModelFormatError(f"{weights}: tensor {k} holds NaN or infinite values; the "
+                                   "weights are corrupt (export or download them again)")
+
+
 def load_model_folder(folder: str | os.PathLike, device: str | torch.device | None = None,
                       expected_sha256: str | None = None) -> AudioResNet:
     """Load a release-format folder as an fp32 model in eval mode, on ``device`` (default CPU).
@@ -168,21 +202,23 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device | No
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelFormatError(f"{weights}: sha256 {digest} does not match the registry's "
                                f"{expected_sha256}; the file is corrupt or was replaced")
-    model = AudioResNet(ModelConfig.from_dict(config["model"]))
+    # Built on the meta device, which allocates nothing, so that a config asking for a huge
+    # network is refused by the shape check below before any memory is taken.
+    with torch.device("meta"):
+        model = AudioResNet(ModelConfig.from_dict(config["model"]))
+    _check_shapes(model, weights)
+    # After the structural checks, which say more precisely what is wrong with a broken file.
+    recorded = config.get(WEIGHTS_SHA256_KEY)
+    if recorded is not None and digest != recorded:
+        raise ModelFormatError(f"{weights}: sha256 {digest} does not match the {recorded!r} that "
+                               f"{CONFIG_NAME} records; the file is corrupt or was replaced")
     try:
         stored = load_file(str(weights))
     except SafetensorError as exc:
         raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        raise ModelFormatError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})")
-    model.load_state_dict(state)
+    _check_finite(state, weights)
+    model.load_state_dict(state, assign=True)
     model.info = {"folder": str(folder), "sha256": digest, "config": config}
     model.eval()
     model.to(device=device or "cpu", memory_format=torch.channels_last)

@@ -13,11 +13,14 @@ import re
 import secrets
 import socket
 import time
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from audioembed.errors import AudioembedError, UsageError
 
 WINDOW_KEYS = ("window_embeddings", "timestamps", "offsets")
 
@@ -139,5 +142,56 @@ def archive_arrays(names: Sequence[str], embeddings: Sequence[np.ndarray], dim: 
     return arrays
 
 
+class ArchiveError(AudioembedError, ValueError):
+    """A file that cannot be read as an npz archive; the message names it and says why."""
+
+
+# What numpy raises on a truncated, corrupt (bad CRC, bad deflate data) or empty archive.
+_ARCHIVE_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def read_archive(path: str | os.PathLike, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the npz archive at ``path``: all of them, or those of ``keys`` it holds."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except _ARCHIVE_READ_ERRORS as exc:
+        raise ArchiveError(f"{path}: cannot be read as an npz archive ({exc or type(exc).__name__})"
+                           ) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ArchiveError(f"{path}: holds a single array (.npy), not an npz archive")
+    try:
+        with z:
+            return {k: z[k] for k in z.files if keys is None or k in keys}
+    except _ARCHIVE_READ_ERRORS as exc:
+        raise ArchiveError(f"{path}: cannot be read as an npz archive, it is truncated or "
+                           f"corrupt ({exc or type(exc).__name__})") from exc
+
+
 def save_archive(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def check_writable(output: Path, mode: str) -> None:
+    """Raise a UsageError, naming the real path, unless outputs can be created where ``output``
+    says; checked before any work, by creating (and removing) a file there."""
+    for path in (output, *output.parents):
+        if path.is_symlink() and not path.exists():
+            # Writing through it would fail for every input, after all the work.
+            raise UsageError(f"-o {output}: {path} is a symbolic link to {os.readlink(path)}, "
+                             "which does not exist")
+    target = output if mode == "dir" else output.parent
+    folder = target
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {output}: {folder} is a file, so {target} cannot be created as a folder")
+    probe = folder / temp_name()
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if folder == target else f" (it would be created in {folder})"
+        raise UsageError(f"-o {output}: cannot write to {folder}{where}: "
+                         f"{exc.strerror or exc}") from exc

@@ -26,6 +26,7 @@ import numpy as np
 
 from audioembed.api import embed
 from audioembed.errors import InvalidArgumentError
+from audioembed.outputs import ArchiveError, read_archive
 
 DEFAULT_BLOCK_ROWS = 1 << 17
 _RANGE = re.compile(r"^(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
@@ -56,15 +57,14 @@ class Index:
     def load(cls, path: str | os.PathLike) -> "Index":
         """An index (or ``extract`` npz archive); rows are re-normalised to unit length."""
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if "names" not in z or "embeddings" not in z:
-                    raise SearchError(f"{path}: not an index (needs 'names' and 'embeddings'; has "
-                                      f"{sorted(z.files)})")
-                names, emb = z["names"], np.asarray(z["embeddings"], dtype=np.float32)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, SearchError):
-                raise
-            raise SearchError(f"{path}: cannot read the index ({exc})") from exc
+            z = read_archive(path, ("names", "embeddings"))
+        except ArchiveError as exc:
+            raise SearchError(f"{exc}; an index is what audioembed index or extract -o X.npz "
+                              "writes") from exc
+        if "names" not in z or "embeddings" not in z:
+            raise SearchError(f"{path}: not an index (needs 'names' and 'embeddings'; has "
+                              f"{sorted(z)})")
+        names, emb = z["names"], np.asarray(z["embeddings"], dtype=np.float32)
         return cls(names, normalise(emb))
 
 

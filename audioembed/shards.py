@@ -5,9 +5,15 @@ torchrun's ``RANK`` and ``WORLD_SIZE``. The input list is expanded and sorted th
 every process, so the shards are disjoint and cover it. npy outputs are one set of files per
 input as usual; an npz run writes ``OUT.shard-K-of-N.npz`` per shard, and :func:`merge`
 gathers those into ``OUT.npz`` in the order of the whole run.
+
+Each shard archive carries a fingerprint of the whole run (:func:`run_fingerprint`): the
+expanded input list and what shapes the embeddings (model, backend, frontend, layer, hop).
+Shards whose fingerprints differ are from different runs, and are not merged.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import zipfile
@@ -17,9 +23,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from audioembed.errors import AudioembedError
-from audioembed.outputs import WINDOW_KEYS, archive_arrays, save_archive
+from audioembed.errors import AudioembedError, UsageError
+from audioembed.outputs import (WINDOW_KEYS, ArchiveError, archive_arrays, check_writable,
+                                read_archive, save_archive)
 
+FINGERPRINT_KEY = "run_fingerprint"
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
@@ -93,12 +101,21 @@ def rank_device(device: str | None, environ: Mapping[str, str] = os.environ) -> 
     return device
 
 
+def run_fingerprint(inputs: Sequence[str | os.PathLike], settings: Mapping[str, object]) -> str:
+    """sha256 of a run's whole input list, in order, and of ``settings`` (JSON-able): every shard
+    of one run computes the same one, whichever inputs it embeds."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in inputs:
+        # NUL cannot occur in a path, so no two lists give the same bytes.
+        h.update(os.fsencode(name) + b"\0")
+    return h.hexdigest()
+
+
 def _read(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise MergeError(f"{path}: cannot be read as an npz archive ({exc})") from exc
+        return read_archive(path)
+    except ArchiveError as exc:
+        raise MergeError(str(exc)) from exc
 
 
 def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], int]:
@@ -117,6 +134,9 @@ def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], in
         if missing:
             raise MergeError(f"{path}: not a shard archive of audioembed extract (no "
                              f"{', '.join(missing)})")
+        if FINGERPRINT_KEY not in z:
+            raise MergeError(f"{path}: has no {FINGERPRINT_KEY} (written by an older audioembed), "
+                             "so it cannot be checked to be from the same run; extract it again")
         k, n = (int(v) for v in z["shard"])
         if count is not None and n != count:
             raise MergeError(f"{path}: shard {k} of {n}, but other archives are shards of {count}")
@@ -124,6 +144,12 @@ def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], in
             raise MergeError(f"{path}: shard {k} of {n} given twice (also {shards[k]['path']})")
         count = n
         shards[k] = dict(z, path=path)
+    first = next(iter(shards.values()))
+    for z in shards.values():
+        if str(z[FINGERPRINT_KEY]) != str(first[FINGERPRINT_KEY]):
+            raise MergeError(f"{z['path']} and {first['path']} are from different runs: the input "
+                             "list (files added, removed or renamed between the shards), the model, "
+                             "the backend, the layer or the hop differ; run every shard again")
     absent = sorted(set(range(count)) - set(shards))
     if absent:
         raise MergeError(f"missing shard{'s' * (len(absent) > 1)} {', '.join(map(str, absent))} "
@@ -155,10 +181,21 @@ def merge(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarray], in
 
 def merge_files(paths: Sequence[str | os.PathLike], output: str | os.PathLike, overwrite: bool = False
                 ) -> tuple[int, int]:
-    """Merge shard archives into ``output`` (atomically); returns (inputs, shards)."""
+    """Merge shard archives into ``output`` (atomically); returns (inputs, shards).
+
+    Raises:
+        MergeError: the shards are missing, unreadable or not of one run; ``output`` exists.
+        UsageError: ``output`` cannot be written (nothing is left there).
+    """
     output = Path(output)
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a folder; merge writes one archive file, e.g. all.npz")
     if output.exists() and not overwrite:
         raise MergeError(f"{output}: exists; pass --overwrite to replace it")
+    check_writable(output, "npz")
     arrays, count = merge(paths)
-    save_archive(output, arrays)
+    try:
+        save_archive(output, arrays)
+    except OSError as exc:
+        raise UsageError(f"-o {output}: cannot write: {exc.strerror or exc}") from exc
     return len(arrays["names"]), count
