@@ -337,12 +337,7 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         results = tqdm(results, total=len(items), unit="file", desc="embed")
     out = []
     for res in results:
-        if res.error is not None:
-            raise res.error
-        for line in res.warnings:
-            warnings.warn(line, TruncatedAudioWarning, stacklevel=2)
-        if res.silent:
-            warnings.warn(silence_message(res.name, res.cancelled), SilentAudioWarning, stacklevel=2)
+        raise_or_warn(res)
         out.append(res)
     segs = np.stack([r.embedding for r in out])
     if not windows:
@@ -350,3 +345,13 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     if single:
         return Embeddings(segs[0], out[0].window_embeddings, out[0].timestamps)
     return Embeddings(segs, [r.window_embeddings for r in out], [r.timestamps for r in out])
+
+
+def raise_or_warn(res: ItemResult) -> None:
+    """Raise an input's error, or warn (at the caller's caller) of its truncation and silence."""
+    if res.error is not None:
+        raise res.error
+    for line in res.warnings:
+        warnings.warn(line, TruncatedAudioWarning, stacklevel=3)
+    if res.silent:
+        warnings.warn(silence_message(res.name, res.cancelled), SilentAudioWarning, stacklevel=3)

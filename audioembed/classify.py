@@ -26,7 +26,6 @@ import contextlib
 import csv
 import json
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save as save_safetensors
 
 from audioembed import __version__, api, frontend
-from audioembed.audio_io import SilentAudioWarning, TruncatedAudioWarning, silence_message
+from audioembed.audio_io import silence_message
 from audioembed.errors import AudioembedError, InvalidArgumentError
 from audioembed.extract import (MODEL_LOAD_ERRORS, Progress, RunReport, UsageError, audio_seconds,
                                 check_writable, default_workers, expand_inputs, load_model_for_cli,
@@ -105,7 +104,7 @@ class Classifier:
         net, name, sha = embedding_model(model, device)
         results = _embedded(items, sr, _readout(net, layer), layer, hop, batch_size)
         for res in results:
-            _raise_or_warn(res)
+            api.raise_or_warn(res)
         config = replace(config or FEW_SHOT, hidden_layers=hidden, seed=seed)
         network, summary = train(labels, [r.window_embeddings for r in results], config)
         return cls(network, sorted(set(labels)), name, sha, layer, hop, summary, net)
@@ -128,7 +127,7 @@ class Classifier:
         net = _readout(self.embedding_model(), self.layer)
         out = []
         for res in _embedded(batch, sr, net, self.layer, self.hop, batch_size):
-            _raise_or_warn(res)
+            api.raise_or_warn(res)
             out.append(self.window_scores(res.window_embeddings))
         return out[0] if single else np.stack(out)
 
@@ -389,16 +388,6 @@ def _counted(chunks, bar: Progress):
     for chunk in chunks:
         bar.advance(chunk.seconds)
         yield chunk
-
-
-def _raise_or_warn(res: api.ItemResult) -> None:
-    """As :func:`audioembed.embed` does: raise an input's error, warn of its problems."""
-    if res.error is not None:
-        raise res.error
-    for line in res.warnings:
-        warnings.warn(line, TruncatedAudioWarning, stacklevel=3)
-    if res.silent:
-        warnings.warn(silence_message(res.name, res.cancelled), SilentAudioWarning, stacklevel=3)
 
 
 # -- the commands --------------------------------------------------------------------------
