@@ -27,7 +27,11 @@ TOKEN = "hf_local_test_token"
 LOADER = r"""
 import json, sys
 import numpy as np
+import torch
 from audioembed import embed, load_model
+# One intra-op thread on both sides of the comparison: float sums then run in the same order, so
+# the same weights give bit-identical embeddings in this interpreter and in the test's.
+torch.set_num_threads(1)
 jobs = json.loads(sys.argv[1])
 out = []
 for job in jobs:
@@ -39,7 +43,7 @@ for job in jobs:
     wave = np.load(job["wave"])
     np.save(job["out"], embed(wave, sr=16000, model=model, windows=True).window_embeddings)
     out.append({"source": model.info["source"], "commit": model.info.get("commit"),
-                "folder": model.info["folder"]})
+                "folder": model.info["folder"], "sha256": model.info["sha256"]})
 print(json.dumps(out))
 """
 
@@ -101,12 +105,14 @@ def folder_windows(folder: Path, wave: Path) -> np.ndarray:
     return embed(np.load(wave), sr=16000, model=load_model(folder), windows=True).window_embeddings
 
 
-def test_hub_load_matches_the_folder_at_the_pinned_revision(hub_run):
+def test_hub_load_matches_the_folder_at_the_pinned_revision(hub_run, one_thread):
     v10, main = hub_run["online"][:2]
     assert "error" not in v10 and "error" not in main
     assert v10["commit"] == commit_id(f"{REPO_ID}@v1.0")
     assert main["commit"] == commit_id(f"{REPO_ID}@main")
     assert v10["source"] == f"hf-hub:{REPO_ID}@v1.0"
+    assert v10["sha256"] == sha256_file(hub_run["folders"]["v1.0"] / WEIGHTS_NAME)
+    assert main["sha256"] == sha256_file(hub_run["folders"]["main"] / WEIGHTS_NAME)
     tmp, wave = hub_run["tmp"], hub_run["wave"]
     want_v10 = folder_windows(hub_run["folders"]["v1.0"], wave)
     want_main = folder_windows(hub_run["folders"]["main"], wave)
