@@ -156,6 +156,13 @@ def _bundled_folder(entry: registry.PretrainedModel) -> Path:
     return folder
 
 
+def _retired_message(entry: registry.PretrainedModel) -> str:
+    return (f"{entry.name!r} is no longer bundled with audioembed {__version__}; the last version "
+            f"that bundles it is {entry.last_bundled_in} (pip install 'audioembed=="
+            f"{entry.last_bundled_in}'). A folder holding those weights loads by path "
+            f"(model=DIR / --model DIR); their sha256 is {entry.sha256}")
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str | None = None,
                cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
                token: str | bool | None = None) -> AudioResNet:
@@ -173,6 +180,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
         return _load_hub(spec.hub_id, spec.revision, cache_dir=cache_dir, device=device, token=token)
     if spec.kind == REGISTRY:
         entry = spec.entry
+        if entry.hub_id is None and entry.bundled is None:
+            raise ModelNotAvailableError(_retired_message(entry))
         if entry.hub_id is not None:
             model = _load_hub(entry.hub_id, entry.revision, cache_dir=cache_dir, device=device,
                               token=token, expected_sha256=entry.sha256)

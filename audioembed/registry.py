@@ -20,10 +20,19 @@ class PretrainedModel:
     bundled: str | None = None  # folder under audioembed/pretrained
     hub_id: str | None = None  # "org/repo"
     revision: str | None = None  # branch, tag or commit of hub_id (None: main)
+    # The last package version whose wheel bundles these weights, for a release no longer
+    # bundled: the wheel holds only the newest releases, and a pinned name must never load
+    # other weights. With hub_id it loads from there (checked against sha256); without, loading
+    # fails and names that version.
+    last_bundled_in: str | None = None
 
     def __post_init__(self):
-        if (self.bundled is None) == (self.hub_id is None):
+        retired_offline = self.last_bundled_in is not None and self.hub_id is None
+        if not retired_offline and (self.bundled is None) == (self.hub_id is None):
             raise ValueError(f"registry entry {self.name!r}: give bundled or hub_id, not both")
+        if self.last_bundled_in is not None and (self.bundled is not None or self.sha256 is None):
+            raise ValueError(f"registry entry {self.name!r}: a release no longer bundled has a "
+                             "sha256 and no bundled folder")
         if self.revision is not None and self.hub_id is None:
             raise ValueError(f"registry entry {self.name!r}: revision applies to hub_id only")
 
@@ -43,6 +52,8 @@ class PretrainedModel:
         ``hf-hub:org/repo@revision``."""
         if self.bundled is not None:
             return f"bundled:{self.bundled}"
+        if self.hub_id is None:
+            return f"bundled up to audioembed {self.last_bundled_in}"
         return f"hf-hub:{self.hub_id}" + (f"@{self.revision}" if self.revision else "")
 
 

@@ -250,3 +250,29 @@ def test_bundled_and_unreleased_models_never_touch_the_hub(monkeypatch, unreleas
     with pytest.raises(ModelNotAvailableError):
         load_model(unreleased_model)
     assert load_model().info["source"].startswith("registry:")
+
+
+def test_a_release_no_longer_bundled_loads_from_its_hub_repo(fake_hub, monkeypatch):
+    digest = sha256_file(fake_hub["folder"] / WEIGHTS_NAME)
+    monkeypatch.setitem(registry._REGISTRY, "old-release", registry.PretrainedModel(
+        name="old-release", hub_id="org/repo", revision="v0.1", sha256=digest, license="CC0-1.0",
+        paper=registry.PAPER, description="test entry", last_bundled_in="0.1.0"))
+    assert load_model("old-release").info["source"] == "registry:old-release"
+    assert fake_hub["calls"][0]["revision"] == "v0.1"
+
+
+def test_a_release_no_longer_bundled_names_the_last_version_that_bundles_it(monkeypatch):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise AssertionError("a release with no Hub repository must not touch the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setitem(registry._REGISTRY, "old-release", registry.PretrainedModel(
+        name="old-release", sha256="ab" * 32, license="CC0-1.0", paper=registry.PAPER,
+        description="test entry", last_bundled_in="0.1.0"))
+    with pytest.raises(ModelNotAvailableError, match=r"audioembed==0\.1\.0.*abab"):
+        load_model("old-release")
+    with pytest.raises(ValueError, match="no bundled folder"):
+        registry.PretrainedModel(name="x", bundled="x", sha256="ab" * 32, license="CC0-1.0",
+                                 paper=registry.PAPER, description="", last_bundled_in="0.1.0")
