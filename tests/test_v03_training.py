@@ -39,7 +39,9 @@ def _config(cache, tmp_path, *overrides, **train_kw):
     ["loss.xbm_size=64", "loss.xbm_start_step=1"],
     ['loss.kind="nt-xent"', "loss.projection_dim=16"],
     ["augment.enabled=true"],
-], ids=["soft-margin", "batch-all", "xbm", "nt-xent", "augment"])
+    ["augment.enabled=true", "augment.crop_prob=0.0", "augment.background_prob=0.0",
+     "augment.noise_prob=0.0", "augment.eq_prob=0.8", "augment.gain_prob=0.8", "augment.mask_prob=0.5"],
+], ids=["soft-margin", "batch-all", "xbm", "nt-xent", "augment", "recording-conditions"])
 def test_each_objective_trains_and_logs_per_sampler(cache, tmp_path, overrides, one_thread):
     config = _config(cache, tmp_path, *overrides, steps=3)
     result = train(config, tmp_path / "run", echo=lambda s: None)
