@@ -73,3 +73,27 @@ def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):
     card.write_text(text.replace("TABLE 1", "TABLE typed by hand"))
     stale = runner.invoke(model_card, args + ["--check"])
     assert stale.exit_code == 1 and "stale" in stale.output
+
+
+def test_card_draws_the_dev_curve_when_asked(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    log = tmp_path / "train_log.jsonl"
+    dev = lambda step, m: {"step": step, "triplets_seen": 32 * step,  # noqa: E731
+                           "dev": {"dataset": "debian-sfx", "qbe_map": m, "windows": 9}}
+    _log(log, [dev(0, 0.33), _row(1, 0.1, 32, 3.0), _row(2, 0.05, 64, 6.0), dev(2, 0.41)])
+    card = tmp_path / "CARD.md"
+    card.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- training:start -->\n"
+                    "<!-- training:end -->\n")
+    monkeypatch.setattr("training.model_card.load_results", lambda p: {"path": str(p)})
+    monkeypatch.setattr("training.model_card.render", lambda rs: "TABLE")
+    png = tmp_path / "fig" / "dev.png"
+    args = ["--results", str(results), "--train-summary", str(tmp_path / "s.json"), "--card", str(card),
+            "--run-log", str(log), "--figure", str(png)]
+    r = CliRunner().invoke(model_card, args)
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    _log(log, [_row(1, 0.1, 32, 3.0)])
+    r = CliRunner().invoke(model_card, args)
+    assert r.exit_code == 1 and "no dev QbE records" in r.output

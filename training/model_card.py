@@ -116,12 +116,32 @@ def training_markdown(summary: dict) -> str:
 @click.option("--hardware", default=None, help="Hardware the run used, recorded in the summary.")
 @click.option("--card", type=click.Path(dir_okay=False), default="MODEL_CARD.md", show_default=True)
 @click.option("--check", is_flag=True, help="Only compare; exit 1 if the card is stale.")
-def model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check):
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the summary's dev QbE curve into this PNG (matplotlib: the train extra).")
+def model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check, figure):
     """Regenerate MODEL_CARD.md's results table and training summary."""
     try:
         _model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check)
+        if figure and not check:
+            _dev_figure(train_summary, Path(figure))
     except ModelCardError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _dev_figure(train_summary: str, out: Path) -> None:
+    from training.experiments.figures import FiguresUnavailable, plot_dev_curves
+
+    summary = json.loads(Path(train_summary).read_text())
+    points = summary.get("dev_qbe") or []
+    if not points:
+        raise ModelCardError(f"{train_summary}: no dev QbE records to draw")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        plot_dev_curves([(f"{points[0]['dataset']} (training-time subset)", points)],
+                        f"dev QbE during training ({summary['triplets_seen']:,} triplets)", out)
+    except FiguresUnavailable as exc:
+        raise ModelCardError(str(exc)) from exc
+    click.echo(f"wrote {out}")
 
 
 def _model_card(results_json, train_summary, run_log, up_to_step, hardware, card, check) -> None:

@@ -34,17 +34,21 @@ def _pyplot():
 
 
 def dev_curves(exp: Experiment, results: dict, out: Path) -> Path | None:
-    plt = _pyplot()
-    arms = [(a, results[a.name]["train"]["dev_curve"]) for a in exp.arms
+    arms = [(a.label, results[a.name]["train"]["dev_curve"]) for a in exp.arms
             if a.name in results and results[a.name].get("train", {}).get("dev_curve")]
-    if not arms:
-        return None
+    return plot_dev_curves(arms, f"{exp.title}: dev QbE during training", out) if arms else None
+
+
+def plot_dev_curves(curves: list[tuple[str, list[dict]]], title: str, out: Path) -> Path:
+    """Dev QbE mAP against triplets seen, one line per ``(label, points)``; points hold
+    ``triplets_seen`` and ``qbe_map`` (train_log.jsonl's dev records, or a train summary's)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm, curve in arms:
-        ax.plot([p["triplets_seen"] for p in curve], [p["qbe_map"] for p in curve], marker=".", label=arm.label)
+    for label, curve in curves:
+        ax.plot([p["triplets_seen"] for p in curve], [p["qbe_map"] for p in curve], marker=".", label=label)
     ax.set_xlabel("triplets seen")
     ax.set_ylabel("dev QbE mAP (tracking subset)")
-    ax.set_title(f"{exp.title}: dev QbE during training")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

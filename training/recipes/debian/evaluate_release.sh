@@ -20,6 +20,6 @@ for ds in debian-sfx fsdd; do
 done
 args=(--train-summary "$here/train_summary.json")
 [ -n "$run" ] && args+=(--run-log "$run/train_log.jsonl" --up-to-step "$step")
-python -m training model-card "${args[@]}" \
+python -m training model-card "${args[@]}" --figure "$out/figures/release_dev_qbe.png" \
   --results "$out/debian-sfx_logmel.json" --results "$out/debian-sfx_triplet-resnet50-joint.json" \
   --results "$out/fsdd_logmel.json" --results "$out/fsdd_triplet-resnet50-joint.json"
