@@ -153,3 +153,33 @@ def test_adapt_refuses_too_little_audio_in_one_line(tmp_path, tiny_model_dir, n,
 def test_adapt_refuses_a_model_folder_it_did_not_make(tmp_path, tiny_model_dir, audio):
     res = run(audio, "--out", tiny_model_dir, *FAST)
     assert res.exit_code == 1 and "adapt did not make" in res.output
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_adapt_under_torchrun_trains_on_every_process_and_exports_once(audio, tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "mine"
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", "-m", "training", "adapt", str(audio), "--out", str(out),
+                             "--from", str(tiny_model_dir), "--triplets", "48", *FAST,
+                             "--set", "train.batch_size=8"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s:\n" + output[-3000:])
+    assert proc.returncode == 0, output[-5000:]
+    assert output.count("wrote ") == 1  # the main process reports, the other says nothing
+    prov = json.loads((out / "config.json").read_text())["provenance"]
+    # 3 steps of 8 triplets on each of 2 processes.
+    assert prov["world_size"] == 2 and prov["steps"] == 3 and prov["adaptation"]["triplets"] == 48
+    load_model(out)

@@ -263,6 +263,8 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
                        max_minutes=_minutes_left(request, ckpt_path),
                        echo=(lambda line: bar.write(line, file=sys.stderr)) if bar is not None else echo,
                        progress=hook)
+        if hook is not None:
+            hook(result.triplets_seen, None)  # the last steps, logged or not
     finally:
         if bar is not None:
             bar.close()
