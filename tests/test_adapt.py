@@ -157,6 +157,7 @@ def test_adapt_refuses_a_model_folder_it_did_not_make(tmp_path, tiny_model_dir, 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_adapt_under_torchrun_trains_on_every_process_and_exports_once(audio, tiny_model_dir, tmp_path):
+    import contextlib
     import os
     import signal
     import subprocess
@@ -172,14 +173,47 @@ def test_adapt_under_torchrun_trains_on_every_process_and_exports_once(audio, ti
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=180)
+        output, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun forwards SIGTERM to its workers (which run in sessions of their own) and
+        # stops them; only then is the launcher's group killed.
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group has already ended
+                os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail("torchrun did not finish in 180 s:\n" + output[-3000:])
+        pytest.fail("torchrun did not finish in 300 s:\n" + output[-3000:])
     assert proc.returncode == 0, output[-5000:]
     assert output.count("wrote ") == 1  # the main process reports, the other says nothing
     prov = json.loads((out / "config.json").read_text())["provenance"]
     # 3 steps of 8 triplets on each of 2 processes.
     assert prov["world_size"] == 2 and prov["steps"] == 3 and prov["adaptation"]["triplets"] == 48
     load_model(out)
+
+
+def test_the_recipe_is_the_release_recipe_with_this_runs_data_network_and_plan(tiny_model_dir):
+    from training.adapt import CPU_TRIPLETS_PER_S, DEFAULT_TRIPLETS, plan_triplets, recipe_config
+    from training.config import load_config
+
+    release = load_config(RECIPE).to_dict()
+    base = load_model(tiny_model_dir).config.to_dict()
+    got = recipe_config("/data/cache", str(tiny_model_dir), base, 12_000).to_dict()
+    # What adapt changes, and nothing else.
+    assert got["data"] == {"cache": "/data/cache"} and got["model"] == base
+    assert got["train"]["init"] == str(tiny_model_dir) and got["train"]["steps"] == 12_000 // 32
+    assert got["schedule"] == dict(release["schedule"], total_triplets=12_000, warmup_triplets=1_200)
+    assert "dev" in release and "dev" not in got
+    warmup = release["schedule"]["warmup_triplets"]
+    for section in ("data", "model", "schedule", "dev"):
+        release.pop(section, None), got.pop(section, None)
+    for key in ("init", "steps"):
+        release["train"].pop(key), got["train"].pop(key)
+    assert got == release
+    # A long budget keeps the recipe's warmup; an override applies on top.
+    long = recipe_config("/c", "x", base, 200_000, ["train.batch_size=64"])
+    assert long.schedule["warmup_triplets"] == warmup and long.steps == 3125
+    assert plan_triplets(None, None) == DEFAULT_TRIPLETS and plan_triplets(500, 2.0) == 500
+    assert plan_triplets(None, 2.0) == 120 * CPU_TRIPLETS_PER_S
+

@@ -24,6 +24,7 @@ wait for it, then every process trains (``training.distributed``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -109,9 +110,9 @@ def recipe_config(cache: str | os.PathLike, base: str, base_model: dict, planned
                                       int(planned * MAX_WARMUP_SHARE))
     for override in overrides:
         apply_override(d, override)
+    config = from_dict(d, base_dir=RECIPE.parent)
     # Enough steps for the budget at one process; more processes stop at the budget sooner.
-    d["train"]["steps"] = math.ceil(planned / int(d["train"].get("batch_size", 32)))
-    return from_dict(d, base_dir=RECIPE.parent)
+    return dataclasses.replace(config, steps=math.ceil(planned / config.batch_size))
 
 
 def _audio_source(audio: str, run: Path) -> tuple[str, str | None]:
