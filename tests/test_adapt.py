@@ -150,9 +150,11 @@ def test_adapt_refuses_too_little_audio_in_one_line(tmp_path, tiny_model_dir, n,
     assert not (tmp_path / "m" / "config.json").exists()
 
 
-def test_adapt_refuses_a_model_folder_it_did_not_make(tmp_path, tiny_model_dir, audio):
+def test_adapt_writes_only_into_a_new_folder_or_its_own_run(tmp_path, tiny_model_dir, audio):
     res = run(audio, "--out", tiny_model_dir, *FAST)
     assert res.exit_code == 1 and "adapt did not make" in res.output
+    res = run(audio, "--out", audio, *FAST)  # the audio folder itself
+    assert res.exit_code == 1 and "not empty (broken.wav, c000.wav, c001.wav, ...)" in res.output
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

@@ -149,9 +149,13 @@ def check_enough_audio(cache: FeatureCache, audio: str) -> None:
     """Refuse a cache with too little audio to train on."""
     seconds, recordings = cache.seconds(), cache.num_recordings
     if recordings < MIN_RECORDINGS or seconds < MIN_SECONDS:
-        raise AdaptError(f"{audio}: too little audio to adapt to ({recordings} readable "
-                         f"recording{'s' * (recordings != 1)}, {seconds:.0f} s); adapt needs at "
-                         f"least {MIN_RECORDINGS} recordings and {MIN_SECONDS:.0f} s of audio")
+        _refuse_little(audio, f"{recordings} readable recording{'s' * (recordings != 1)}, "
+                              f"{seconds:.0f} s")
+
+
+def _refuse_little(audio: str, found: str) -> None:
+    raise AdaptError(f"{audio}: too little audio to adapt to ({found}); adapt needs at least "
+                     f"{MIN_RECORDINGS} recordings and {MIN_SECONDS:.0f} s of audio")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -231,6 +235,12 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
             raise AdaptError(f"{out}: holds a model folder that adapt did not make; choose another --out")
         # Finished, and its run folder deleted to ship the model.
         return AdaptResult(out, made["triplets"], made["budget"]["planned_triplets"], True, already=True)
+    # A new run writes only into an empty folder (or one an interrupted cache build left).
+    others = sorted(p.name for p in out.iterdir() if p.name not in (RUN_DIR, CACHE_DIR)) \
+        if state is None and out.is_dir() else []
+    if others:
+        raise AdaptError(f"{out}: not empty ({', '.join(others[:3])}{', ...' * (len(others) > 3)}) "
+                         "and holds no adapt run; choose a new folder for --out")
     request = _request(audio, base, cache, triplets, minutes, overrides, out,
                        state["request"] if state else None)
     if state is not None and state.get("finished"):
@@ -256,7 +266,6 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
         if error is not None:
             raise error
         raise AdaptError("the main process could not prepare the run")
-    check_enough_audio(FeatureCache(request["cache"]), audio)
     ckpt_path = run / CHECKPOINT_NAME
     bar, hook = _progress_bar(request["planned"]) if progress and ctx.is_main else (None, None)
     try:
@@ -287,10 +296,8 @@ def _prepare(audio: str, request: dict, run: Path, state: dict | None, jobs: int
     if not meta.get("complete"):
         manifest, root = _audio_source(request["audio"], run)
         found = len(read_manifest(manifest, root))
-        if found < MIN_RECORDINGS:
-            raise AdaptError(f"{audio}: too little audio to adapt to ({found} audio file"
-                             f"{'s' * (found != 1)}); adapt needs at least {MIN_RECORDINGS} "
-                             f"recordings and {MIN_SECONDS:.0f} s of audio")
+        if found < MIN_RECORDINGS:  # refused before decoding anything
+            _refuse_little(audio, f"{found} audio file{'s' * (found != 1)}")
         report = build_cache(manifest, cache, root=root, jobs=jobs, progress=progress)
         failures = report.failures
         echo(f"cached {report.added} files ({report.skipped} already cached, "
