@@ -139,6 +139,22 @@ def test_an_interrupted_adapt_resumes_where_it_stopped(audio, tiny_model_dir, tm
     assert json.loads((out / "adapt" / STATE_NAME).read_text())["finished"] is True
 
 
+def test_a_minutes_budget_on_a_cache_built_beforehand(audio, tiny_model_dir, tmp_path):
+    from training.feature_cache import build_cache
+
+    build_cache(audio, tmp_path / "features", progress=False)
+    out = tmp_path / "mine"
+    res = run(audio, "--out", out, "--from", tiny_model_dir, "--minutes", 0.02,
+              "--cache", tmp_path / "features", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "cached" not in res.stderr and not (out / "cache").exists()  # used as it is
+    lineage = json.loads((out / "config.json").read_text())["provenance"]["adaptation"]
+    # 0.02 min at 45 triplets/s plans 54 triplets (2 steps); the 1.2 s may end it after one.
+    assert lineage["budget"] == {"planned_triplets": 54, "minutes": 0.02}
+    assert lineage["triplets"] in (32, 64)
+    assert lineage["data"]["fingerprint_sha256"] == FeatureCache(tmp_path / "features").fingerprint()
+
+
 @pytest.mark.parametrize("n, seconds", [(3, 2.0), (12, 1.0)], ids=["few files", "few seconds"])
 def test_adapt_refuses_too_little_audio_in_one_line(tmp_path, tiny_model_dir, n, seconds):
     folder = write_clips(tmp_path / "little", n, seconds)
