@@ -13,8 +13,8 @@ def _register() -> None:
     # Each subcommand lives with the code it drives; this module only collects them.
     from training.corpus.cli import corpus
     main.add_command(corpus)
-    from training.commands import cache, cache_stats, export, train
-    for command in (cache, cache_stats, train, export):
+    from training.commands import adapt, cache, cache_stats, export, train
+    for command in (cache, cache_stats, train, export, adapt):
         main.add_command(command)
     from training.evaluation.cli import evaluate, evaluate_report
     main.add_command(evaluate)

@@ -1,4 +1,5 @@
-"""Click commands ``cache``, ``cache-stats``, ``train`` and ``export`` (registered in ``training.cli``)."""
+"""Click commands ``cache``, ``cache-stats``, ``train``, ``export`` and ``adapt`` (registered in
+``training.cli``)."""
 from __future__ import annotations
 
 import os
@@ -32,10 +33,17 @@ def cache(manifest, root, out, jobs, block_frames):
     click.echo(f"{report.added} files cached ({report.frames} frames), {report.skipped} already "
                f"cached, {len(report.failures)} failed; {report.clipped} values clipped to the "
                f"fp16 maximum")
-    for line in report.failures[:20]:
+    _list_failures(report.failures, Path(out))
+
+
+def _list_failures(failures: list[str], cache_dir: Path, shown: int = 20) -> None:
+    """The files a cache build skipped, one line each (the first ``shown``), on stderr."""
+    from training.feature_cache import FAILURES_NAME
+
+    for line in failures[:shown]:
         click.echo(f"  skipped {line}", err=True)
-    if len(report.failures) > 20:
-        click.echo(f"  ... and {len(report.failures) - 20} more: see {Path(out) / 'failures.json'}", err=True)
+    if len(failures) > shown:
+        click.echo(f"  ... and {len(failures) - shown} more: see {cache_dir / FAILURES_NAME}", err=True)
 
 
 @click.command("cache-stats")
@@ -110,3 +118,54 @@ def export(checkpoint, outdir, name, repo_id):
         url = push_to_hub(folder, repo_id)
         click.echo(f"uploaded to {url}")
     sys.stdout.flush()
+
+
+@click.command()
+@click.argument("audio")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Model folder to write (and the run, resumed when rerun).")
+@click.option("--from", "base", default=None,
+              help="Model to start from: a registry name, a model folder or hf-hub:org/repo "
+                   "(default: the bundled default model).")
+@click.option("--triplets", type=click.IntRange(min=1), default=None,
+              help="Budget in triplets (default 12,000: about 5 minutes at ~45 triplets/s on 2 CPU "
+                   "cores with bf16, about twice that without bf16).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Budget in minutes of training; the learning-rate plan assumes ~45 triplets/s, "
+                   "so where training runs faster (a GPU) give --triplets instead.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder (default: MODEL_DIR/cache).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Decoding worker processes for the cache.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one value of the release recipe, as train --set does; repeatable.")
+def adapt(audio, out, base, triplets, minutes, cache_dir, jobs, overrides):
+    """Adapt a model to AUDIO without labels, and export it into --out.
+
+    \b
+    AUDIO is a folder (searched at every level), a glob (quoted) or a manifest CSV (a path
+    column; see the cache command). The command caches its features, warm-starts from --from,
+    trains with the release recipe (training/recipes/debian/joint_v04.toml: soft-margin triplets
+    over a cross-batch memory, warmup and cosine decay over the budget) and writes a model
+    folder that audioembed extract --model, embed(model=...), the HEAR API and export-onnx
+    load, with its lineage in config.json and a short README.md. Rerunning the same command
+    resumes an interrupted run; a finished one says so. Under torchrun every process trains.
+    """
+    from training.adapt import CACHE_DIR, adapt as run_adapt
+
+    try:
+        result = run_adapt(audio, out, base=base, cache=cache_dir, triplets=triplets,
+                           minutes=minutes, overrides=overrides, jobs=jobs,
+                           echo=lambda line: click.echo(line, err=True))
+    except AudioembedError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not result.main:
+        return  # torchrun's other processes: the main one reports
+    _list_failures(result.failures, Path(cache_dir or Path(out) / CACHE_DIR))
+    if result.already:
+        click.echo(f"{out}: already finished ({result.triplets_seen} triplets); nothing to do")
+    elif result.finished:
+        click.echo(f"wrote {out} ({result.triplets_seen} triplets)")
+    else:
+        raise click.ClickException(f"stopped ({result.reason}) at {result.triplets_seen} of "
+                                   f"{result.planned} triplets; rerun the same command to resume")

@@ -57,11 +57,13 @@ def provenance(ckpt: dict, name: str | None) -> dict:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                      name: str | None = None) -> Path:
-    """Write ``out_dir`` (fp16 ``model.safetensors`` + ``config.json``) from a checkpoint."""
+                      name: str | None = None, extra: dict | None = None) -> Path:
+    """Write ``out_dir`` (fp16 ``model.safetensors`` + ``config.json``) from a checkpoint;
+    ``extra`` adds keys to the provenance (``adapt``'s lineage)."""
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
-    return save_model_folder(model, out_dir, provenance=provenance(ckpt, name or Path(out_dir).name))
+    prov = {**provenance(ckpt, name or Path(out_dir).name), **(extra or {})}
+    return save_model_folder(model, out_dir, provenance=prov)
 
 
 def write_model_card(folder: str | os.PathLike, repo_id: str, prov: dict) -> Path:

@@ -462,6 +462,22 @@ class FeatureCache:
         off = self.file_offset[f]
         return self._map(self.file_block[f])[off + a:off + b]
 
+    def fingerprint(self) -> str:
+        """sha256 of what the cache holds, however it was built (blocks, order, resumes): each
+        file's key, recording, labels and stored energies, in key order."""
+        h = hashlib.sha256()
+        for f in sorted(range(self.num_files), key=self.file_keys.__getitem__):
+            frames = int(self.file_frames[f])
+            head = [self.file_keys[f], self.recording_ids[self.file_recording[f]],
+                    sorted(self.file_labels[f]), frames]
+            h.update(json.dumps(head).encode("utf-8"))
+            h.update(np.ascontiguousarray(self._file_slice(f, 0, frames), dtype="<f2").tobytes())
+        return h.hexdigest()
+
+    def seconds(self) -> float:
+        """The audio the cache holds, in seconds (frames of ``frontend.HOP_LENGTH`` samples)."""
+        return float(self.file_frames.sum()) * frontend.HOP_LENGTH / frontend.SAMPLE_RATE
+
     def _decode(self, stored: np.ndarray, out: np.ndarray) -> None:
         np.multiply(stored, np.float32(1.0 / self.scale), out=out, casting="unsafe")
 

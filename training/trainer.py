@@ -307,15 +307,20 @@ def _threads(config: TrainConfig, ctx: distributed.DistContext) -> int:
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
           max_triplets: int | None = None, max_minutes: float | None = None,
-          write_checksums: bool = False, echo: Callable[[str], None] = print) -> RunResult:
-    """Train (or resume training) the run in ``out_dir``; see the module docstring."""
+          write_checksums: bool = False, echo: Callable[[str], None] = print,
+          progress: Callable[[int, dict | None], None] | None = None) -> RunResult:
+    """Train (or resume training) the run in ``out_dir``; see the module docstring.
+
+    ``progress`` (main process only) is called with the triplets seen before the first step
+    (and ``None``), then after each logged step with its log record (a progress bar)."""
     out = Path(out_dir)
     ctx = distributed.setup(config.device)
     # The thread count is process-wide: give the caller theirs back (tests and notebooks call
     # train() in-process, and a changed count changes later float results).
     threads = torch.get_num_threads()
     try:
-        return _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo)
+        return _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo,
+                      progress if ctx.is_main else None)
     finally:
         torch.set_num_threads(threads)
         distributed.teardown(ctx)
@@ -394,7 +399,7 @@ def _write_line(log_file, record: dict) -> None:
         log_file.flush()
 
 
-def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo) -> RunResult:
+def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums, echo, progress) -> RunResult:
     started = time.monotonic()
     torch.set_num_threads(_threads(config, ctx))
     ckpt_path = out / CHECKPOINT_NAME
@@ -479,6 +484,8 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
         if dev_every and state.step == 0:
             measure_dev()
         batches = batch_stream(dataset, state.step, config.steps, workers, pin=cuda)
+        if progress is not None:
+            progress(state.triplets_seen, None)
         if max_triplets is not None and state.triplets_seen >= max_triplets:
             reason = "max_triplets"  # already spent by the run being resumed
         while state.step < config.steps and reason == "steps":
@@ -495,8 +502,11 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
             state.triplets_seen += per_step
             step_log.add(loss, stats, batch)
             if state.step % config.log_every == 0 or state.step == config.steps:
-                _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
-                                                      optimizer.param_groups[0]["lr"], elapsed_s()))
+                record = step_log.record(ctx, state.step, state.triplets_seen,
+                                         optimizer.param_groups[0]["lr"], elapsed_s())
+                _write_line(log_file, record)
+                if progress is not None:
+                    progress(state.triplets_seen, record)
             stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
                                (time.monotonic() - started) / 60.0, max_minutes)
             if distributed.any_rank(stop is not None, ctx):
