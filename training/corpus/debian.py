@@ -2,7 +2,8 @@
 
 The recipe (``training/recipes/debian``, described in its README.md) pins the Debian 12
 packages and lists the audio files to keep (``unlabeled.csv`` and the newer pinned training
-manifests of :data:`UNLABELED_MANIFESTS` for training, ``labeled.csv`` for evaluation). For each package we ``apt-get download`` the pinned ``.deb``,
+manifests of :data:`UNLABELED_MANIFESTS` for training, ``labeled.csv`` for evaluation). For
+each package we ``apt-get download`` the pinned ``.deb``,
 ``dpkg-deb -x`` it into a staging directory, copy out exactly the listed files
 to ``OUT/<package>/<path>`` and delete the staging tree and the ``.deb``, so the
 disk only ever holds the kept audio plus one or two packages in flight.
