@@ -286,17 +286,84 @@ def test_summary_counts_missing_and_undecodable(tmp_path):
     assert "p " in debian.format_summary(report)
 
 
+def _write_recipe(recipe: Path, manifests: dict[str, list[tuple[str, str, float]]]) -> None:
+    recipe.mkdir()
+    (recipe / "packages.txt").write_text("old-data=1\nnew-data=2\n")
+    (recipe / "deb_versions.csv").write_text("old-data,1,10\nnew-data,2,20\n")
+    (recipe / "labeled.csv").write_text("package,path,label,duration_s\r\nold-data,eval/dog.wav,dog,0.1\r\n")
+    for name, rows in manifests.items():
+        text = "package,path,duration_s\r\n" + "".join(f"{p},{path},{d}\r\n" for p, path, d in rows)
+        (recipe / name).write_text(text, newline="")
+
+
+def test_builder_fetches_the_packages_a_newer_training_manifest_adds(tmp_path):
+    """unlabeled.csv plus unlabeled_v31.csv: old rows once, new packages' rows, no github rows."""
+    old_rows = [("old-data", "usr/share/fake/sounds/bird.wav", 0.1)]
+    new_rows = [("new-data", "usr/share/fake/sounds/bird.wav", 0.1), ("new-data", "usr/share/fake/sounds/absent.wav", 1.0)]
+    recipe = tmp_path / "recipe"
+    _write_recipe(recipe, {"unlabeled.csv": old_rows,
+                           "unlabeled_v31.csv": [("github", "birds/call.ogg", 2.0), *new_rows, *old_rows]})
+    entries = debian.load_entries(recipe)
+    assert [(e.package, e.path, e.split) for e in entries] == \
+        [(p, path, "unlabeled") for p, path, _ in old_rows + new_rows] + [("old-data", "eval/dog.wav", "labeled")]
+
+    out = tmp_path / "corpus"
+    pins = debian.load_pins(recipe)
+    assert [(p.name, p.deb_size) for p in pins] == [("old-data", 10), ("new-data", 20)]
+
+    def fake_fetch(pin, out, staging, keep_debs, log):
+        staging.mkdir(parents=True)
+        _write_fake_package(staging)
+        return {"deb_bytes": 1}
+
+    paths = [e.path for e in entries if e.package == "new-data"]
+    res = debian.build_package(pins[1], paths, out, fetch=fake_fetch, log=lambda m: None)
+    assert res["status"] == "built" and res["missing"] == {"usr/share/fake/sounds/absent.wav": "not in package"}
+    verified = debian.verify_files([out / "new-data" / paths[0]], jobs=1)
+    report = debian.summarise(out, pins[1:], entries, {"new-data": res}, verified)
+    row = report["packages"]["new-data"]
+    assert (row["listed"], row["found"], row["missing"], row["undecodable"]) == (2, 1, 1, 0)
+    assert report["missing"] == [{"package": "new-data", "path": "usr/share/fake/sounds/absent.wav",
+                                  "split": "unlabeled", "reason": "not in package"}]
+    assert report["duration_mismatch"] == []
+
+    # Without the newer manifest the builder sees only the old rows, as before.
+    (recipe / "unlabeled_v31.csv").unlink()
+    assert {e.package for e in debian.load_entries(recipe)} == {"old-data"}
+
+
+V31_PACKAGES = {"festvox-ru": (620, 1.659), "asterisk-prompt-it-menardi-wav": (554, 0.413)}
+
+
+def test_pinned_v31_manifest_is_v3_plus_the_new_packages():
+    import csv
+
+    read = lambda name: list(csv.reader(open(debian.RECIPE_DIR / name, newline="")))  # noqa: E731
+    v31, v3 = read("unlabeled_v31.csv"), read("unlabeled_v3.csv")
+    assert [r for r in v31 if r[0] not in V31_PACKAGES] == v3
+    assert v31[1:] == sorted(v31[1:], key=lambda r: (r[0], r[1]))
+    raw = (debian.RECIPE_DIR / "unlabeled_v31.csv").read_bytes()
+    assert raw.count(b"\r\n") == len(v31) == 25803 and raw.count(b"\n") == len(v31)
+    for name, (files, hours) in V31_PACKAGES.items():
+        rows = [r for r in v31 if r[0] == name]
+        assert len(rows) == files and round(sum(float(r[2]) for r in rows) / 3600, 3) == hours
+    pinned = {p.name for p in debian.load_pins()}
+    assert set(V31_PACKAGES) <= pinned
+    assert {r[0] for r in v31[1:]} <= pinned | {"github"}  # every Debian row is fetched by the builder
+    assert not [r for r in v31[1:] if r[0] in V31_PACKAGES and "/music/" in f"/{r[1]}"]
+
+
 def test_recipe_manifests_are_consistent():
     pins = debian.load_pins()
     entries = debian.load_entries()
-    assert len(pins) == 83
+    assert len(pins) == 85
     assert {e.package for e in entries} <= {p.name for p in pins}
     assert sum(e.split == "labeled" for e in entries) == 1293
     assert all(p.deb_size > 0 for p in pins)
     licensed = {line.split("|", 1)[0] for line in (debian.RECIPE_DIR / "licenses.txt").read_text().splitlines()}
     assert {p.name for p in pins} <= licensed
     unlabeled = [(e.package, e.path) for e in entries if e.split == "unlabeled"]
-    assert len(unlabeled) == 23742 and unlabeled == sorted(set(unlabeled))
+    assert len(unlabeled) == 23742 + 620 + 554 == len(set(unlabeled))
     # no evaluation clip is trained on, nor a directory sibling of a sound-event clip (speech and
     # music directories, such as a voice's prompt folder, stay in training)
     assert not set(unlabeled) & {(e.package, e.path) for e in entries if e.split == "labeled"}

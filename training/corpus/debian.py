@@ -1,8 +1,9 @@
 """Build the Debian audio corpus: download pinned packages, keep only the manifest files.
 
-The recipe (``training/recipes/debian``, described in its README.md) pins 83 Debian 12
-packages and lists the audio files to keep (``unlabeled.csv`` for training, ``labeled.csv`` for
-evaluation). For each package we ``apt-get download`` the pinned ``.deb``,
+The recipe (``training/recipes/debian``, described in its README.md) pins the Debian 12
+packages and lists the audio files to keep (``unlabeled.csv`` and the newer pinned training
+manifests of :data:`UNLABELED_MANIFESTS` for training, ``labeled.csv`` for evaluation). For
+each package we ``apt-get download`` the pinned ``.deb``,
 ``dpkg-deb -x`` it into a staging directory, copy out exactly the listed files
 to ``OUT/<package>/<path>`` and delete the staging tree and the ``.deb``, so the
 disk only ever holds the kept audio plus one or two packages in flight.
@@ -35,6 +36,10 @@ RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "debian"
 DEFAULT_OUT = "~/.cache/audioembed/corpus/debian"
 UNPACKED = "_unpacked"
 SPLITS = ("unlabeled", "labeled")
+# The training manifests whose rows the builder fetches, oldest first. A newer manifest keeps the
+# rows of the older ones and adds packages; rows of sources that are not pinned Debian packages
+# (the ``github`` rows, copied by their own builder) are left out.
+UNLABELED_MANIFESTS = ("unlabeled.csv", "unlabeled_v31.csv")
 # The container kinds this builder reads (the report lists them).
 SUPPORTED_CONTAINERS = (containers.ZIP, containers.RCC, containers.CAT)
 _VERIFY_FRAMES = 4096
@@ -85,14 +90,26 @@ def load_pins(recipe_dir: Path = RECIPE_DIR) -> list[Pin]:
 
 
 def load_entries(recipe_dir: Path = RECIPE_DIR) -> list[Entry]:
-    """Read ``unlabeled.csv`` and ``labeled.csv`` into :class:`Entry` rows."""
-    entries = []
+    """Read the training manifests and ``labeled.csv`` into :class:`Entry` rows.
+
+    The unlabeled split is the union of the :data:`UNLABELED_MANIFESTS` present in
+    ``recipe_dir`` (first occurrence of a ``(package, path)`` wins). Where ``recipe_dir`` has
+    a ``packages.txt``, rows of packages it does not pin are dropped.
+    """
+    pinned = {p.name for p in load_pins(recipe_dir)} if (recipe_dir / "packages.txt").is_file() else None
+    files = {"unlabeled": [n for n in UNLABELED_MANIFESTS if (recipe_dir / n).is_file()],
+             "labeled": ["labeled.csv"]}
+    entries, seen = [], set()
     for split in SPLITS:
-        with open(recipe_dir / f"{split}.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                entries.append(
-                    Entry(row["package"], row["path"], split, float(row["duration_s"]), row.get("label", ""))
-                )
+        for name in files[split]:
+            with open(recipe_dir / name, newline="") as f:
+                for row in csv.DictReader(f):
+                    key = (split, row["package"], row["path"])
+                    if key in seen or (pinned is not None and row["package"] not in pinned):
+                        continue
+                    seen.add(key)
+                    entries.append(Entry(row["package"], row["path"], split, float(row["duration_s"]),
+                                         row.get("label", "")))
     return entries
 
 
