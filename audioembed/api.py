@@ -16,6 +16,7 @@ from audioembed.backends import resolve_backend
 from audioembed.errors import InvalidArgumentError
 from audioembed.model import AudioResNet
 from audioembed.pipeline import ordered_chunks
+from audioembed.precision import check_precision, with_precision
 from audioembed.streaming import FeatureChunk, input_chunks
 
 DEFAULT_BATCH_SIZE = 64
@@ -280,7 +281,8 @@ def _is_single(audio) -> bool:
 def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
           hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
           device: str | torch.device | None = None, windows: bool = False, progress: bool = False,
-          backend: str = "torch", workers: int = 0, layer: str = "embedding"):
+          backend: str = "torch", workers: int = 0, layer: str = "embedding",
+          precision: str = "auto"):
     """Embed audio with the paper's frontend and network.
 
     Args:
@@ -307,6 +309,10 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
             pooled features before the embedding layer, per window; a segment is then their
             mean and max concatenated (4096-d), not normalised (for linear probes). Needs a torch
             model, or an ONNX file exported with ``export-onnx --pooled``.
+        precision: how the torch network computes: ``"auto"`` (bf16 on a CUDA GPU with bf16,
+            fp32 elsewhere), ``"fp32"``, or ``"bf16"``: autocast of the network (the frontend
+            stays fp32), on CUDA or a CPU with AVX512-BF16 or AMX; cosine >= 0.999 to fp32.
+            ``"bf16"`` is refused with the onnx backends and where it is not native.
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
@@ -316,6 +322,7 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     Raises:
         AudioError: an input cannot be read, is empty, has non-finite samples or samples so
             large that its embedding is not finite (the message names it).
+        InvalidArgumentError: a bad argument, e.g. ``precision="bf16"`` where it cannot run.
 
     Warns:
         SilentAudioWarning: an input is all zeros. TruncatedAudioWarning: a file holds less
@@ -329,7 +336,9 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     items = [audio] if single else list(audio)
     if not items:
         raise InvalidArgumentError("embed() got an empty list of inputs")
-    net = readout_network(resolve_backend(model, device, backend), layer)
+    check_precision(precision, backend)  # before a model is loaded or exported
+    net = with_precision(readout_network(resolve_backend(model, device, backend), layer),
+                         precision, backend)
     feats = iter_features(items, sr, hop, workers)
     results = iter_embeddings(feats, net, batch_size, layer)
     if progress:

@@ -22,6 +22,7 @@ from audioembed.errors import AudioembedError, MissingDependencyError
 # tests/test_cli_extract.py checks them against frontend, api and extract.
 FORMATS = ("npy", "npz")
 BACKENDS = ("torch", "onnx", "onnx-int8")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_HOP_SECONDS = 0.96
 DEFAULT_BATCH_SIZE = 64
 
@@ -82,6 +83,11 @@ def main() -> None:
               help="Run the network with torch, or with onnxruntime (CPU; pip install "
                    "'audioembed[onnx]'; faster on the CPUs we measured, see docs/benchmarks.md). --model may "
                    "then also be an .onnx file from export-onnx.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="How the torch network computes. auto: bf16 on a CUDA GPU with bf16, fp32 "
+                   "elsewhere. bf16: autocast of the network (the frontend stays fp32; cosine "
+                   ">= 0.999 to fp32), on CUDA or a CPU with AVX512-BF16 or AMX; refused with "
+                   "the onnx backends and elsewhere.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
@@ -90,7 +96,7 @@ def main() -> None:
                    "window, and their mean and max (4096-d, not normalised) per input (torch, or an ONNX file exported with --pooled).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
 def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite,
-            skip_existing, strict, workers, backend, shard, layer, quiet):
+            skip_existing, strict, workers, backend, precision, shard, layer, quiet):
     """Embed audio files: one 128-d unit-norm float32 vector per file (mean of its windows).
 
     \b
@@ -151,7 +157,8 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
             inputs, output, model=model, hop=hop, batch_size=batch_size,
             device=shards.rank_device(device), fmt=fmt, windows=windows, recursive=recursive,
             overwrite=overwrite, progress=not quiet, shard=part, workers=workers,
-            backend=backend, strict=strict, skip_existing=skip_existing, layer=layer)
+            backend=backend, strict=strict, skip_existing=skip_existing, layer=layer,
+            precision=precision)
     except AudioembedError as exc:  # an impossible output or option, a model that cannot load
         raise click.UsageError(printable(str(exc))) from exc
     except KeyboardInterrupt as exc:

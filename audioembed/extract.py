@@ -33,6 +33,7 @@ from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDepe
 from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
                                 save_npy)
+from audioembed.precision import check_precision, precision_in_use, precision_on, with_precision
 from audioembed.registry import DEFAULT_MODEL
 from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
 
@@ -235,6 +236,16 @@ def _check_options(hop: float, batch_size: int, device: str | None, workers: int
         raise UsageError(f"--device {device}: MPS is not available on this machine")
 
 
+def _check_precision(precision: str, backend: str, device: str | None) -> None:
+    """A UsageError for a precision that cannot run with ``backend`` on ``device``."""
+    try:
+        check_precision(precision, backend)
+        if backend == "torch":
+            precision_on(precision, device or "cpu")
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--precision: {exc}") from exc
+
+
 # What loading a model raises for a missing, corrupt or unreachable model: ModelFormatError,
 # ModelNotAvailableError and the option errors, all AudioembedErrors. Anything else is a bug.
 MODEL_LOAD_ERRORS = (AudioembedError,)
@@ -337,7 +348,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
         shard: Shard | None = None, workers: int | None = None, backend: str = "torch",
         strict: bool = False, skip_existing: bool = False, progress_stream=None,
-        layer: str = "embedding") -> RunReport:
+        layer: str = "embedding", precision: str = "auto") -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
 
     ``layer="pooled"`` writes the 2048-d pooled features per window and their mean and max
@@ -358,6 +369,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     ``workers`` threads read and analyse the files while the network runs (0: none; None:
     :func:`default_workers`); the outputs do not depend on it. ``backend="onnx"`` runs the
     network with onnxruntime (CPU; ``model`` may also be an ``.onnx`` file from ``export-onnx``).
+    ``precision`` is :func:`audioembed.embed`'s (``"auto"``: bf16 on CUDA, fp32 elsewhere).
 
     With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
     their usual files; npz: ``OUT.shard-K-of-N.npz``, see ``audioembed.shards``).
@@ -381,6 +393,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     output = Path(output)
     mode = _resolve_mode(output, fmt)
     _check_options(hop, batch_size, device, 0 if workers is None else workers)
+    _check_precision(precision, backend, device)
     if skip_existing and overwrite:
         raise UsageError("--skip-existing and --overwrite contradict each other; pass one")
     if skip_existing and mode == "npz":
@@ -435,11 +448,14 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         net = api.readout_network(loaded, layer)
     except InvalidArgumentError as exc:
         raise UsageError(f"--layer: {exc}") from exc
+    net = with_precision(net, precision, backend)
     fingerprint = None
     if mode == "npz" and shard is not None:
-        fingerprint = run_fingerprint([s.path for s in sources], {
-            "model": model_identity(loaded, model), "backend": backend, "layer": layer,
-            "hop": hop, "frontend": frontend.config()})
+        settings = {"model": model_identity(loaded, model), "backend": backend, "layer": layer,
+                    "hop": hop, "frontend": frontend.config()}
+        if precision_in_use(net) == "bf16":  # fp32 shards keep the fingerprint they always had
+            settings["precision"] = "bf16"
+        fingerprint = run_fingerprint([s.path for s in sources], settings)
     bar = None
     if progress:
         bar = Progress(sum(audio_seconds(t[0].path) for t in tasks), len(tasks), shard,

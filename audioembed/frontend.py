@@ -110,6 +110,36 @@ def _mel_matrix(device: str) -> torch.Tensor:
     return fb.to(device=device, dtype=torch.float32)  # (257, 64)
 
 
+@lru_cache(maxsize=4)
+def _fft_window(device: str) -> torch.Tensor:
+    """The Hann window centred in ``N_FFT`` samples, zeros either side, as ``torch.stft`` pads it."""
+    left = (N_FFT - WIN_LENGTH) // 2
+    return F.pad(_hann(device), (left, N_FFT - WIN_LENGTH - left))
+
+
+# Mel bands per product of the power -> mel step: each group of consecutive bands multiplies
+# only the FFT bins its filters reach (the low bands a few, the high ones ~100 of 257).
+MEL_GROUP_BANDS = 8
+
+
+@lru_cache(maxsize=4)
+def _mel_groups(device: str) -> tuple[tuple[int, int, torch.Tensor], ...]:
+    """The power -> mel product, cut into groups of ``MEL_GROUP_BANDS`` bands: per group the
+    columns ``lo:hi`` of the interleaved squared spectrum (``re_k^2, im_k^2`` at ``2k, 2k + 1``)
+    that its filters reach, and its ``(hi - lo, MEL_GROUP_BANDS)`` weights (each filter weight
+    twice, once for the real and once for the imaginary part). Every non-zero weight of the
+    filterbank is in exactly one group, so the groups' products are the whole product."""
+    fb = _mel_matrix(device)
+    twice = fb.repeat_interleave(2, dim=0)  # (2 * 257, 64)
+    groups = []
+    for first in range(0, N_MELS, MEL_GROUP_BANDS):
+        cols = slice(first, first + MEL_GROUP_BANDS)
+        rows = (twice[:, cols] != 0).any(1).nonzero()[:, 0]
+        lo, hi = (int(rows.min()), int(rows.max()) + 1) if rows.numel() else (0, 1)
+        groups.append((lo, hi, twice[lo:hi, cols].contiguous()))
+    return tuple(groups)
+
+
 def mel_filterbank() -> torch.Tensor:
     """The ``(N_FFT // 2 + 1, N_MELS)`` mel filterbank matrix (a copy)."""
     return _mel_matrix("cpu").clone()
@@ -164,18 +194,22 @@ def _mel_energies(waveform: torch.Tensor) -> torch.Tensor:
     # signal is defined as zero outside [0, n), which streaming and padding rely on.
     pad = N_FFT // 2
     x = F.pad(x, (pad, pad))
-    spec = torch.stft(
-        x, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
-        window=_hann(str(x.device)), center=False, return_complex=True,
-    )[..., :frames]
-    power = spec.real.square() + spec.imag.square()  # (B, 257, frames)
-    mel = torch.matmul(power.transpose(-1, -2), _mel_matrix(str(x.device)))
+    device = str(x.device)
+    # Frame f is padded samples f*HOP .. f*HOP + N_FFT - 1, windowed: torch.stft(center=False)'s
+    # frames, with the spectrum laid out frames first so that what follows reads it in order.
+    spec = torch.fft.rfft(x.unfold(-1, N_FFT, HOP_LENGTH)[:, :frames] * _fft_window(device))
+    # |X|^2 and the mel filters in one product per group of bands: re^2 and im^2 side by side,
+    # each weighted by the filter (mel = sum_k w_k re_k^2 + w_k im_k^2).
+    squares = torch.view_as_real(spec).reshape(-1, 2 * spec.shape[-1]).square_()
+    mel = torch.cat([squares[:, lo:hi] @ w for lo, hi, w in _mel_groups(device)], dim=1)
     return mel.reshape(*lead, frames, N_MELS)
 
 
 def log_mel(energies: torch.Tensor) -> torch.Tensor:
-    """The stabilised log, ``log(energies + LOG_OFFSET)``."""
-    return torch.log(energies + LOG_OFFSET)
+    """The stabilised log, ``log(energies + LOG_OFFSET)``: a new contiguous tensor, whatever
+    the layout of ``energies`` (a strided view of windows from :func:`gather_windows`)."""
+    out = torch.empty(energies.shape, dtype=energies.dtype, device=energies.device)
+    return torch.add(energies, LOG_OFFSET, out=out).log_()
 
 
 def hop_frames(hop_seconds: float = DEFAULT_HOP_SECONDS) -> int:
@@ -219,7 +253,8 @@ def gather_windows(frames: torch.Tensor, starts: list[int], pad_value: float = 0
     """Windows of ``WINDOW_FRAMES`` frames starting at ``starts`` (frame indices into ``frames``).
 
     ``frames`` is ``(..., n_frames, N_MELS)``; the result ``(..., len(starts), WINDOW_FRAMES,
-    N_MELS)``. Frames past the end are ``pad_value``: 0 for mel energies (zero energy), and
+    N_MELS)``, a strided view of ``frames`` (no copy) when the starts are evenly spaced, as
+    :func:`window_starts` gives them, else a copy. Frames past the end are ``pad_value``: 0 for mel energies (zero energy), and
     ``log(LOG_OFFSET)`` for log-mel features, which is the same thing after the log.
     """
     n = frames.shape[-2]
@@ -227,6 +262,11 @@ def gather_windows(frames: torch.Tensor, starts: list[int], pad_value: float = 0
     if need > n:
         pad = frames.new_full((*frames.shape[:-2], need - n, frames.shape[-1]), pad_value)
         frames = torch.cat([frames, pad], dim=-2)
+    hop = starts[1] - starts[0] if len(starts) > 1 else 1
+    if starts and hop > 0 and all(b - a == hop for a, b in zip(starts, starts[1:])):
+        # log_mel then writes the windows out once, from this view.
+        windows = frames[..., starts[0]:, :].unfold(-2, WINDOW_FRAMES, hop)[..., :len(starts), :, :]
+        return windows.transpose(-1, -2)
     idx = (torch.as_tensor(starts, dtype=torch.int64, device=frames.device).reshape(-1, 1)
            + torch.arange(WINDOW_FRAMES, device=frames.device))
     return frames[..., idx, :]

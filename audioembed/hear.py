@@ -22,6 +22,7 @@ from audioembed.api import embed_windows, readout_network, segment_readout
 from audioembed.errors import InvalidArgumentError
 from audioembed.loading import load_model as _load
 from audioembed.model import AudioResNet
+from audioembed.precision import with_precision
 
 TIMESTAMP_HOP_SECONDS = 0.05
 # Half a window: the centre of window 0 then falls on the first sample of the sound.
@@ -34,11 +35,12 @@ class HearModel(torch.nn.Module):
 
     sample_rate = frontend.SAMPLE_RATE
 
-    def __init__(self, net: AudioResNet, layer: str = "embedding"):
+    def __init__(self, net: AudioResNet, layer: str = "embedding", precision: str = "auto"):
         super().__init__()
         self.net = net
         self.layer = layer
-        self.readout = readout_network(net, layer)
+        # "auto" decides on each call: bf16 once the harness has moved the model to a CUDA GPU.
+        self.readout = with_precision(readout_network(net, layer), precision)
         width = net.config.embedding_dim if layer == "embedding" else net.fc.in_features
         self.timestamp_embedding_size = width
         # pooled scenes are the mean and max of the windows' pooled features, concatenated
@@ -48,11 +50,12 @@ class HearModel(torch.nn.Module):
         return self.readout(windows)
 
 
-def load_model(model_file_path: str = "", layer: str = "embedding") -> HearModel:
+def load_model(model_file_path: str = "", layer: str = "embedding", precision: str = "auto"
+               ) -> HearModel:
     """A model folder, registry name or ``hf-hub:`` name; ``""`` loads the default model.
     ``layer``: ``"embedding"`` (128-d) or ``"pooled"`` (2048-d per timestamp; mean and max,
-    4096-d, per scene), as ``audioembed.embed``."""
-    return HearModel(_load(model_file_path or None), layer)
+    4096-d, per scene), and ``precision`` (``"auto"``: bf16 on CUDA), as ``audioembed.embed``."""
+    return HearModel(_load(model_file_path or None), layer, precision)
 
 
 def _check_audio(audio: torch.Tensor, model: HearModel) -> torch.Tensor:

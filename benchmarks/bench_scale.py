@@ -16,7 +16,9 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
    rounds; windows/s, the ratio (target >= 0.95) and the real-time factor. With onnxruntime
    installed, the same for ``backend="onnx"`` and ``"onnx-int8"`` (statically quantized)
    against onnxruntime alone, and int8 end to end over torch end to end, each with the number of
-   feature workers ``extract`` uses by default on this machine (``--no-onnx``: skip).
+   feature workers ``extract`` uses by default on this machine (``--no-onnx``: skip). On a CPU
+   with AVX512-BF16 or AMX, also torch with ``precision="bf16"`` (``--no-bf16``: skip). Last,
+   one line to compare: each backend's end-to-end real-time factor on the same clips.
 3. Where the time goes (``--only profile``): one ``extract`` per backend under cProfile, the
    share of the wall time in the network, decoding, sample checks, resampling, STFT + mel and
    windowing.
@@ -132,6 +134,7 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     from audioembed import extract
     from audioembed.api import collect_features, embed_windows, iter_features
     from audioembed.loading import cached_model
+    from audioembed.precision import with_precision
 
     net = cached_model(model, None)
     paths = sorted(folder.glob("*.wav"))
@@ -139,42 +142,41 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     batches = [windows[i:i + 64] for i in range(0, len(windows), 64)]
     n = len(windows)
 
-    def model_only() -> None:
-        for b in batches:
-            embed_windows(net, b)
+    def network_only(run) -> callable:
+        def go() -> None:
+            for b in batches:
+                run(b)
+        return go
 
-    def e2e(workers: int, backend: str = "torch"):
+    def e2e(workers: int, backend: str = "torch", precision: str = "fp32"):
         def go() -> None:
             report = extract.run([folder], folder.parent / "e2e.npz", model=model, workers=workers,
-                                 overwrite=True, backend=backend)
+                                 overwrite=True, backend=backend, precision=precision)
             if report.failures or report.succeeded != len(paths):
                 raise SystemExit(f"extract failed: {report.failures[:3]}")
         return go
 
     # Each end-to-end row is compared with its backend's network alone on the same windows.
     runs = {"e2e, 1 worker": (e2e(1), "model only"), "e2e, no worker": (e2e(0), "model only"),
-            "model only": (model_only, None)}
+            "model only": (network_only(lambda b: embed_windows(net, b)), None)}
+    # (label in the summary line, its end-to-end rows by workers): torch first, then the others.
+    e2e_rows = {"torch": ("e2e, no worker", "e2e, 1 worker")}
+    if args.bf16:
+        bf16_net = with_precision(net, "bf16")
+        runs.update({"torch+bf16 e2e, 1 worker": (e2e(1, precision="bf16"), "torch+bf16 model only"),
+                     "torch+bf16 e2e, no worker": (e2e(0, precision="bf16"), "torch+bf16 model only"),
+                     "torch+bf16 model only": (network_only(lambda b: embed_windows(bf16_net, b)), None)})
+        e2e_rows["torch+bf16"] = ("torch+bf16 e2e, no worker", "torch+bf16 e2e, 1 worker")
     if args.onnx:
         from audioembed.onnx_backend import onnx_model
-
-        onnx_net = onnx_model(model)
-
-        def onnx_only() -> None:
-            for b in batches:
-                onnx_net(b)
         from audioembed.quantize import int8_model
 
-        int8_net = int8_model(model)  # quantized here, once: the e2e row reuses it
-
-        def int8_only() -> None:
-            for b in batches:
-                int8_net(b)
-        runs.update({"onnx e2e, 1 worker": (e2e(1, "onnx"), "onnx model only"),
-                     "onnx e2e, no worker": (e2e(0, "onnx"), "onnx model only"),
-                     "onnx model only": (onnx_only, None),
-                     "onnx-int8 e2e, 1 worker": (e2e(1, "onnx-int8"), "onnx-int8 model only"),
-                     "onnx-int8 e2e, no worker": (e2e(0, "onnx-int8"), "onnx-int8 model only"),
-                     "onnx-int8 model only": (int8_only, None)})
+        nets = {"onnx": onnx_model(model), "onnx-int8": int8_model(model)}  # int8: quantized once here
+        for backend, onnx_net in nets.items():
+            runs.update({f"{backend} e2e, 1 worker": (e2e(1, backend), f"{backend} model only"),
+                         f"{backend} e2e, no worker": (e2e(0, backend), f"{backend} model only"),
+                         f"{backend} model only": (network_only(onnx_net), None)})
+            e2e_rows[backend] = (f"{backend} e2e, no worker", f"{backend} e2e, 1 worker")
     for fn, _ in runs.values():
         fn()  # warm-up: oneDNN / onnxruntime kernel choice, file cache
     times = interleaved_times({name: fn for name, (fn, _) in runs.items()}, args.repeats)
@@ -185,24 +187,43 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         ratio = "" if ref is None else (
             f"  ratio to {ref} {min(times[ref]) / best:.3f} (best), "
             f"{statistics.median(f / t for f, t in zip(times[ref], ts)):.3f} (median per round)")
-        print(f"  {name:>24}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
+        print(f"  {name:>26}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time){ratio}")
+    if not args.bf16:
+        print("  torch+bf16: not run (--no-bf16, or this CPU lacks AVX512-BF16 and AMX)")
+    print("  " + summary_line(times, e2e_rows, n_audio_s))
     if args.json:
         rows = [[name, f"{n / min(ts):.1f}", "–" if runs[name][1] is None else
                  f"{min(times[runs[name][1]]) / min(ts):.3f}"] for name, ts in times.items()]
         write_record(args.json, "extract over a folder of clips against the network alone",
                      ["run", "windows/s (best round)", "ratio to the network alone (best rounds)"], rows,
                      notes=(f"{len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz, {n} windows, "
-                            f"batch 64, best of {args.repeats} alternating rounds",))
-    if "onnx-int8 e2e, no worker" in times:
-        from audioembed.extract import default_workers
-
+                            f"batch 64, best of {args.repeats} alternating rounds",
+                            summary_line(times, e2e_rows, n_audio_s)))
+    if "onnx-int8" in e2e_rows:
         best = {k: min(v) for k, v in times.items()}
-        label = {0: "no worker", 1: "1 worker"}
-        torch_row, int8_row = (f"e2e, {label[default_workers(None)]}",
-                               f"onnx-int8 e2e, {label[default_workers(None, 'onnx-int8')]}")
+        torch_row, int8_row = default_row(e2e_rows, "torch"), default_row(e2e_rows, "onnx-int8")
         print(f"  onnx-int8 e2e / torch e2e, each with extract's default workers here "
               f"({int8_row!r} / {torch_row!r}): {best[torch_row] / best[int8_row]:.2f}x (target >= 2.0)")
+
+
+def default_row(e2e_rows: dict[str, tuple[str, str]], label: str) -> str:
+    """The end-to-end row of ``label`` run with the feature workers ``extract`` uses by default
+    on this machine (``extract.default_workers``)."""
+    from audioembed.extract import default_workers
+
+    backend = "torch" if label.startswith("torch") else label
+    return e2e_rows[label][default_workers(None, backend)]
+
+
+def summary_line(times: dict[str, list[float]], e2e_rows: dict[str, tuple[str, str]],
+                 n_audio_s: float) -> str:
+    """One line a user can compare: each backend's end-to-end real-time factor (seconds of
+    compute per second of audio, best round) on the same clips, with extract's default
+    workers, and how many times real time that is."""
+    parts = [f"{label} {min(times[default_row(e2e_rows, label)]) / n_audio_s:.4f} "
+             f"({n_audio_s / min(times[default_row(e2e_rows, label)]):.0f}x)" for label in e2e_rows]
+    return "end to end, real-time factor (x real time), extract's default workers: " + ", ".join(parts)
 
 
 # Where extract's time goes: (label, file, function whose cumulative time it is). The stages do
@@ -225,14 +246,15 @@ def profile(folder: Path, model: Path, args) -> None:
 
     from audioembed import extract
 
-    backends = ["torch"] + (["onnx", "onnx-int8"] if args.onnx else [])
+    backends = ([("torch", "torch", "fp32")] + ([("torch+bf16", "torch", "bf16")] if args.bf16 else [])
+                + ([(b, b, "fp32") for b in ("onnx", "onnx-int8")] if args.onnx else []))
     print(f"\n[3] where the time goes: extract over the folder under cProfile, no worker, "
           f"{args.threads} thread(s); CPU flags: {cpu_flags()}")
     print(f"  {'backend':>10} {'wall':>7} " + " ".join(f"{label:>16}" for label, _, _ in PROFILE_STAGES) + f" {'other':>8}")
-    for backend in backends:
+    for label, backend, precision in backends:
         def go() -> None:
             extract.run([folder], folder.parent / "p.npz", model=model, workers=0, overwrite=True,
-                        backend=backend, progress=False)
+                        backend=backend, precision=precision, progress=False)
         go()  # warm-up (and, for onnx-int8, the one quantization per process)
         prof = cProfile.Profile()
         t0 = time.perf_counter()
@@ -241,7 +263,7 @@ def profile(folder: Path, model: Path, args) -> None:
         stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
         shares = [sum(v[3] for (f, _, name), v in stats.items() if f.endswith(path) and name == fn) / wall
                   for _, path, fn in PROFILE_STAGES]
-        print(f"  {backend:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
+        print(f"  {label:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
               + f" {100 * (1 - sum(shares)):7.1f}%")
 
 
@@ -280,6 +302,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-onnx", dest="onnx", action="store_false",
                     help="Skip the onnxruntime rows of the throughput section (needs audioembed[onnx]).")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="Skip the torch+bf16 rows (skipped anyway on a CPU without AVX512-BF16 or AMX).")
     ap.add_argument("--only", choices=["memory", "throughput", "profile", "shards"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--json", default=None, metavar="PATH",
@@ -289,6 +313,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    from audioembed.precision import cpu_has_native_bf16
+
+    args.bf16 = args.bf16 and cpu_has_native_bf16()
 
     from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
 

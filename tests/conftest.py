@@ -74,3 +74,15 @@ def unreleased_model(monkeypatch) -> str:
         paper=registry.PAPER, description="registered, weights not released")
     monkeypatch.setitem(registry._REGISTRY, UNRELEASED, entry)
     return UNRELEASED
+
+
+FSDD_RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+
+
+@pytest.fixture
+def fsdd_recordings() -> Path:
+    """The spoken-digit (FSDD) recordings folder beside the repository; the test is skipped
+    where it is absent."""
+    if not (FSDD_RECORDINGS / "3_jackson_0.wav").is_file():
+        pytest.skip(f"FSDD not found at {FSDD_RECORDINGS}")
+    return FSDD_RECORDINGS

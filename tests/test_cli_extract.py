@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from audioembed import backends, embed, extract, frontend, outputs
+from audioembed import backends, embed, extract, frontend, outputs, precision
 from audioembed.cli import main
 
 
@@ -309,14 +309,9 @@ def test_python_dash_m(tmp_path):
     assert "Usage: audioembed extract" in res.stdout and "--windows" in res.stdout
 
 
-FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
-
-
-def test_extract_with_the_bundled_default_model(tmp_path):
+def test_extract_with_the_bundled_default_model(tmp_path, fsdd_recordings):
     # The acceptance command: `audioembed extract X.wav -o e.npy`, no --model.
-    clip = FSDD / "3_jackson_0.wav"
-    if not clip.is_file():
-        pytest.skip(f"FSDD not found at {FSDD}")
+    clip = fsdd_recordings / "3_jackson_0.wav"
     out = tmp_path / "e.npy"
     res = cli("extract", clip, "-o", out, "--quiet")
     assert res.exit_code == 0, res.output
@@ -341,3 +336,4 @@ def test_cli_defaults_match_the_library():
     assert cli.DEFAULT_HOP_SECONDS == frontend.DEFAULT_HOP_SECONDS
     assert cli.DEFAULT_BATCH_SIZE == api.DEFAULT_BATCH_SIZE
     assert cli.BACKENDS == backends.BACKENDS and cli.FORMATS == extract.FORMATS
+    assert cli.PRECISIONS == precision.PRECISIONS
