@@ -129,7 +129,7 @@ def model_card(results_json, train_summary, run_log, up_to_step, hardware, card,
 
 
 def _dev_figure(train_summary: str, out: Path) -> None:
-    from training.experiments.figures import FiguresUnavailable, plot_dev_curves
+    from training.plots import FiguresUnavailable, plot_dev_curves
 
     summary = json.loads(Path(train_summary).read_text())
     points = summary.get("dev_qbe") or []

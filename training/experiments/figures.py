@@ -12,26 +12,9 @@ import json
 from pathlib import Path
 
 from audioembed.outputs import atomic_write
+from training.plots import DPI, FiguresUnavailable, plot_dev_curves, pyplot  # noqa: F401 (FiguresUnavailable: experiments.cli catches it here)
 from training.experiments.recipe import Experiment
 from training.experiments.tables import _metric, load_arm_results
-
-DPI = 100
-
-
-class FiguresUnavailable(RuntimeError):
-    """Figures cannot be drawn here (e.g. matplotlib is not installed)."""
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ModuleNotFoundError as exc:
-        raise FiguresUnavailable("matplotlib is not installed (pip install -e '.[train]')") from exc
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def dev_curves(exp: Experiment, results: dict, out: Path) -> Path | None:
     arms = [(a.label, results[a.name]["train"]["dev_curve"]) for a in exp.arms
@@ -39,26 +22,8 @@ def dev_curves(exp: Experiment, results: dict, out: Path) -> Path | None:
     return plot_dev_curves(arms, f"{exp.title}: dev QbE during training", out) if arms else None
 
 
-def plot_dev_curves(curves: list[tuple[str, list[dict]]], title: str, out: Path) -> Path:
-    """Dev QbE mAP against triplets seen, one line per ``(label, points)``; points hold
-    ``triplets_seen`` and ``qbe_map`` (train_log.jsonl's dev records, or a train summary's)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, curve in curves:
-        ax.plot([p["triplets_seen"] for p in curve], [p["qbe_map"] for p in curve], marker=".", label=label)
-    ax.set_xlabel("triplets seen")
-    ax.set_ylabel("dev QbE mAP (tracking subset)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    plt.close(fig)
-    return out
-
-
 def table2_bars(exp: Experiment, results: dict, out: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     arms = [a for a in exp.arms if "2" in a.tables and a.name in results]
     if not arms:
         return None
@@ -111,7 +76,7 @@ def map_coordinates(exp: Experiment, path: Path, log=print) -> dict:
 
 
 def map_2d(coords: dict, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     models = list(coords["models"])
     classes = sorted({lab for m in models for lab in coords["models"][m]["labels"]})
     cmap = plt.get_cmap("tab20", len(classes))
@@ -135,7 +100,7 @@ def map_2d(coords: dict, out: Path) -> Path:
 
 def draw_all(exp: Experiment, log=print) -> list[Path]:
     """Every figure whose data exists; returns the files written."""
-    _pyplot()
+    pyplot()
     exp.figures.mkdir(parents=True, exist_ok=True)
     results = load_arm_results(exp)
     written = [dev_curves(exp, results, exp.figures / "dev_qbe.png"),
