@@ -55,26 +55,68 @@ def is_audio_name(name: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(name))[1].lower().lstrip(".") in AUDIO_EXTENSIONS
 
 
+def walk_folders(root: str | os.PathLike, max_depth: int | None = None, *, hidden: bool = False,
+                 on_error: Callable[[OSError], None] | None = None,
+                 repeated: list[Path] | None = None) -> Iterator[tuple[Path, list[str]]]:
+    """``(folder, file names)`` for ``root`` and the folders below it, top-down in name order,
+    down to ``max_depth`` levels below ``root`` (None: every level).
+
+    Symbolic links to folders are followed, and each real folder (its ``st_dev, st_ino``) is
+    searched once: a link back to a folder already searched (a loop such as ``ln -s . again``,
+    or a second link to the same place) is not entered again, and goes into ``repeated``. So
+    every file is listed once and a loop ends. Hidden entries (a leading ``.``) are skipped
+    unless ``hidden``; ``on_error`` gets the OSError of a folder that cannot be listed.
+    """
+    root = Path(root)
+    try:
+        st = os.stat(root)
+    except OSError:
+        st = None  # os.walk reports it to on_error
+    visited = set() if st is None else {(st.st_dev, st.st_ino)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        keep = []
+        for name in sorted(dirnames):
+            if (not hidden and name.startswith(".")) or (max_depth is not None and depth >= max_depth):
+                continue
+            try:
+                st = os.stat(here / name)
+            except OSError as exc:
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            if (st.st_dev, st.st_ino) in visited:
+                if repeated is not None:
+                    repeated.append(here / name)
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            keep.append(name)
+        dirnames[:] = keep
+        yield here, [n for n in filenames if hidden or not n.startswith(".")]
+
+
 def audio_files(folder: str | os.PathLike, recursive: bool = True, *,
                 skipped: Counter | None = None,
-                on_error: Callable[[OSError], None] | None = None) -> list[Path]:
+                on_error: Callable[[OSError], None] | None = None,
+                repeated: list[Path] | None = None) -> list[Path]:
     """The files with an audio extension below ``folder`` (every level, or with
     ``recursive=False`` its top level), sorted by their path relative to it.
 
     Hidden files and folders are skipped (macOS ``._x.wav`` resource forks are not audio).
-    ``skipped`` counts the other visible files by extension; ``on_error`` gets the OSError of a
-    folder that cannot be listed (default: ignored). Entries are not opened: one that is not
-    a regular file (a FIFO) is listed, and reading it says what it is.
+    Linked folders are followed, each real folder once (:func:`walk_folders`; the links not
+    entered again go into ``repeated``). ``skipped`` counts the other visible files by
+    extension; ``on_error`` gets the OSError of a folder that cannot be listed (default:
+    ignored). Entries are not opened: one that is not a regular file (a FIFO) is listed, and
+    reading it says what it is.
     """
     root = Path(folder)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+    for dirpath, filenames in walk_folders(root, None if recursive else 0, on_error=on_error,
+                                           repeated=repeated):
         for name in filenames:
-            if name.startswith("."):
-                continue
             if is_audio_name(name):
-                found.append(Path(dirpath) / name)
+                found.append(dirpath / name)
             elif skipped is not None:
                 skipped[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())

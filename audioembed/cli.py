@@ -96,9 +96,10 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     \b
     INPUT is a file, a folder or a glob (quote it to let audioembed expand it; ** descends).
     Folders and globs give their files with an audio extension (wav, flac, ogg, oga, opus,
-    mp3, aiff, aif, au, caf, w64, ...), sorted by name; hidden files are skipped. A file
-    named explicitly is tried whatever its extension. Any sample rate and channel count:
-    channels are averaged, audio is resampled to 16 kHz.
+    mp3, aiff, aif, au, caf, w64, ...), sorted by name; hidden files are skipped. Links
+    to folders are followed, each real folder once (link loops end; a note names the links
+    not entered again). A file named explicitly is tried whatever its extension. Any sample
+    rate and channel count: channels are averaged, audio is resampled to 16 kHz.
 
     \b
     Outputs (written atomically: never a partial file):
