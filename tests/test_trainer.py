@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from training.config import ConfigError, from_dict, load_config
 from training.feature_cache import build_cache
 from training.checkpoint import load_checkpoint
-from training.trainer import LOG_NAME, train
+from training.trainer import LOG_NAME, read_ahead, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,6 +104,60 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(cache, tmp_path):
     assert "signal SIGTERM" in output
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] >= 2 and ckpt["step"] == json.loads(log.read_text().splitlines()[-1])["step"]
+
+
+# A sampler slower than the step, as on a large cache: when the run stops, the read-ahead thread
+# is inside a torch kernel. A daemon thread left there at interpreter exit aborts the process
+# ("terminate called without an active exception", SIGABRT) after the checkpoint is written.
+SLOW_SAMPLER_TRAIN = """
+import sys, torch
+import training.trainer as trainer
+make = trainer.StepBatches.__getitem__
+def slow(self, step):
+    x = torch.randn(1200, 1200)
+    for _ in range(3):
+        x = (x @ x) / 1200
+    return make(self, step)
+trainer.StepBatches.__getitem__ = slow
+from training.cli import main
+main(["train"] + sys.argv[1:])
+"""
+
+
+def test_sigterm_while_a_batch_is_read_ahead_exits_zero_without_an_abort(cache, tmp_path):
+    cfg = tiny_config(cache, tmp_path, steps=100000, checkpoint_every=100000)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAMPLER_TRAIN, "--config", str(cfg),
+                             "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / LOG_NAME
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "terminate called" not in stderr
+    assert proc.returncode == 0, stderr  # as documented: a checkpointed stop is a success
+    assert "signal SIGTERM" in stdout
+    assert load_checkpoint(out / "checkpoint.pt")["step"] >= 2
+
+
+def test_closing_read_ahead_early_ends_its_thread():
+    def slow():
+        for i in range(1000):
+            torch.randn(300, 300) @ torch.randn(300, 300)
+            yield i
+
+    stream = read_ahead(slow(), depth=2)
+    assert next(stream) == 0
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "batch-prefetch"]
 
 
 def test_config_defaults_and_errors(tmp_path):

@@ -23,7 +23,7 @@ import queue
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -95,26 +95,34 @@ class StepBatches(torch.utils.data.Dataset):
 
 def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so sampling the next
-    batch overlaps the model's step (numpy and torch release the GIL in their kernels)."""
+    batch overlaps the model's step (numpy and torch release the GIL in their kernels).
+
+    Closing the generator (or its end) stops the thread and waits for it: a thread still inside
+    a torch kernel when the interpreter exits aborts the process ("terminate called without an
+    active exception"), so it must not outlive its consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Put ``item`` once there is room; False if the consumer stopped first."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            q.put(exc)
+            offer(exc)
             return
-        q.put(done)
+        offer(done)
 
     t = threading.Thread(target=work, daemon=True, name="batch-prefetch")
     t.start()
@@ -128,15 +136,25 @@ def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        t.join()  # at most the batch being made: it is finished, then dropped
+
+
+def _loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        del it  # its last reference: the iterator shuts its worker processes down
 
 
 def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin: bool) -> Iterator[dict]:
-    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread."""
+    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread.
+
+    A generator: ``close()`` it when stopping early, so its thread or workers end before exit."""
     if workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop),
-                                             num_workers=workers, pin_memory=pin, prefetch_factor=4,
-                                             persistent_workers=False)
-        return iter(loader)
+        return _loader_batches(torch.utils.data.DataLoader(
+            dataset, batch_size=None, sampler=range(start, stop), num_workers=workers,
+            pin_memory=pin, prefetch_factor=4, persistent_workers=False))
     return read_ahead((dataset[s] for s in range(start, stop)), depth=2)
 
 
@@ -478,37 +496,37 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     with _StopSignals() as signals:
         if dev_every and state.step == 0:
             measure_dev()
-        batches = batch_stream(dataset, state.step, config.steps, workers, pin=cuda)
-        if max_triplets is not None and state.triplets_seen >= max_triplets:
-            reason = "max_triplets"  # already spent by the run being resumed
-        while state.step < config.steps and reason == "steps":
-            t0 = time.perf_counter()
-            batch = next(batches)
-            step_log.overhead["data_wait_s"] += time.perf_counter() - t0
-            lr = config.lr * state.plan.factor(state.triplets_seen)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
-            if pool is not None:
-                pool.update(loss_fn.last_pool, state.step)
-            state.step += 1
-            state.triplets_seen += per_step
-            step_log.add(loss, stats, batch)
-            if state.step % config.log_every == 0 or state.step == config.steps:
-                _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
-                                                      optimizer.param_groups[0]["lr"], elapsed_s()))
-            stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
-                               (time.monotonic() - started) / 60.0, max_minutes)
-            if distributed.any_rank(stop is not None, ctx):
-                reason = stop or "another rank stopped"
-                break
-            if state.step % config.checkpoint_every == 0:
-                checkpoint()
-            if dev_every and state.step % dev_every == 0:
-                measure_dev()
-                step_log.restart_clock()
-        if state.saved_step != state.step:
-            checkpoint()
+        with closing(batch_stream(dataset, state.step, config.steps, workers, pin=cuda)) as batches:
+            if max_triplets is not None and state.triplets_seen >= max_triplets:
+                reason = "max_triplets"  # already spent by the run being resumed
+            while state.step < config.steps and reason == "steps":
+                t0 = time.perf_counter()
+                batch = next(batches)
+                step_log.overhead["data_wait_s"] += time.perf_counter() - t0
+                lr = config.lr * state.plan.factor(state.triplets_seen)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
+                if pool is not None:
+                    pool.update(loss_fn.last_pool, state.step)
+                state.step += 1
+                state.triplets_seen += per_step
+                step_log.add(loss, stats, batch)
+                if state.step % config.log_every == 0 or state.step == config.steps:
+                    _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
+                                                          optimizer.param_groups[0]["lr"], elapsed_s()))
+                stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
+                                   (time.monotonic() - started) / 60.0, max_minutes)
+                if distributed.any_rank(stop is not None, ctx):
+                    reason = stop or "another rank stopped"
+                    break
+                if state.step % config.checkpoint_every == 0:
+                    checkpoint()
+                if dev_every and state.step % dev_every == 0:
+                    measure_dev()
+                    step_log.restart_clock()
+            if state.saved_step != state.step:
+                checkpoint()  # before waiting for the batch being read ahead
         if dev_every and state.measured_step != state.step:
             measure_dev()  # the state the run stops in, whatever stopped it
     if log_file is not None:
