@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import os
 import re
 import stat
@@ -326,8 +327,8 @@ class AudioSource:
                 return
 
     def truncation(self, frames_read: int) -> str | None:
-        """Why the file seems cut short, naming it, after ``frames_read`` frames were read; or
-        None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
+        """Why the file seems cut short (or, for Ogg, damaged), naming it, after ``frames_read``
+        frames were read; or None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
         if self._file is None:
             return None
         fmt = self._file.format
@@ -338,11 +339,8 @@ class AudioSource:
             if fmt == "WAV":
                 declared = _wav_declared_frames(self._path)
             elif fmt == "OGG":
-                if not _ogg_ends_cleanly(self._path):
-                    return (f"{self.name}: truncated: the Ogg stream ends without its final page; "
-                            f"{_seconds(frames_read, self.rate)} could be read")
-                return None
-        except OSError:
+                return _ogg_problem(self._path, self.name, frames_read, self.rate)
+        except (OSError, ValueError):  # ValueError: mmap of a file emptied since
             return None  # unreadable now: the read itself would have failed
         if declared is None:
             declared = self._file.frames
@@ -411,25 +409,55 @@ def _wav_declared_frames(path: str) -> int | None:
                 f.seek(size + (size & 1), os.SEEK_CUR)
 
 
-def _ogg_ends_cleanly(path: str) -> bool:
-    """Whether the file's last Ogg page is whole and marks the end of its stream."""
-    with open(os.fsencode(path), "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        # A page is at most 27 + 255 + 255 * 255 bytes.
-        tail_start = max(0, size - 65_307 * 2)
-        f.seek(tail_start)
-        tail = f.read()
-    at = tail.rfind(b"OggS")
-    while at >= 0:
-        header = tail[at:at + 27]
-        if len(header) == 27 and header[4] == 0:  # stream structure version 0: a real page
-            n_segments = header[26]
-            table = tail[at + 27:at + 27 + n_segments]
-            end = at + 27 + n_segments + sum(table)
-            return len(table) == n_segments and end == len(tail) and bool(header[5] & 0x04)
-        at = tail.rfind(b"OggS", 0, at)
-    return False
+def _ogg_problem(path: str, name: str, frames_read: int, rate: int) -> str | None:
+    """Why an Ogg file gave less audio than it holds, after ``frames_read`` frames: damaged
+    pages (the decoder skips them: "corrupt"), or a file that ends inside a page or without
+    the page that ends its stream ("truncated"); None if neither.
+
+    The pages are walked by their headers (no decoding): a gap between them is damage, and a
+    clean chain whose last granule position (the stream's length, for one Vorbis or Opus
+    stream) exceeds what was decoded means a page failed its checksum and was skipped.
+    """
+    with open(os.fsencode(path), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = len(m)
+        pos, damaged, cut, eos, streams, granule, head = 0, None, False, False, 0, None, b""
+        while pos < size:
+            if m[pos:pos + 4] == b"OggS" and m[pos + 4:pos + 5] in (b"\x00", b""):
+                n = m[pos + 26] if pos + 27 <= size else 0
+                end = pos + 27 + n + sum(m[pos + 27:pos + 27 + n])
+                if pos + 27 > size or pos + 27 + n > size or end > size:
+                    cut = True
+                    break
+                flags = m[pos + 5]
+                if flags & 0x02:  # the first page of a logical stream: its head packet
+                    streams += 1
+                    head = head or m[pos + 27 + n:pos + 27 + n + 12]
+                eos = bool(flags & 0x04)
+                g = int.from_bytes(m[pos + 6:pos + 14], "little", signed=True)
+                granule = g if g >= 0 else granule  # -1: no packet ends on this page
+                pos = end
+                continue
+            if eos:
+                break  # bytes after the stream's last page (a tag, padding) are not audio
+            damaged = pos if damaged is None else damaged
+            pos = m.find(b"OggS", pos + 1)
+            if pos < 0:
+                break
+    total = None
+    if streams == 1 and granule is not None and head.startswith(b"\x01vorbis"):
+        total = granule
+    elif streams == 1 and granule is not None and head.startswith(b"OpusHead"):
+        total = (granule - int.from_bytes(head[10:12], "little")) * rate // 48_000
+    got = _seconds(frames_read, rate)
+    of = f" of {_seconds(total, rate)}" if total is not None and total > frames_read else ""
+    if damaged is not None:
+        return f"{name}: corrupt: damaged Ogg data at byte {damaged}; {got}{of} could be decoded"
+    if cut or not eos:
+        return f"{name}: truncated: the Ogg stream ends without its final page; {got} could be read"
+    if total is not None and total - frames_read > rate // 50:  # 20 ms: Opus rounds its frames
+        return (f"{name}: corrupt: {got}{of} could be decoded (damaged Ogg pages fail their "
+                "checksum and are skipped)")
+    return None
 
 
 def _read_all(src: AudioSource) -> np.ndarray:

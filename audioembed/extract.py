@@ -33,7 +33,7 @@ from audioembed.backends import BACKENDS, resolve_backend
 from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError, UsageError
 from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
-                                save_npy)
+                                save_npys)
 from audioembed.registry import DEFAULT_MODEL
 from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
 
@@ -504,7 +504,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                 if mode == "npz":
                     done.append((src, res, pos))
                 else:
-                    _write_item(stem, res, windows, report)
+                    # --skip-existing rewrites an input's incomplete files.
+                    _write_item(stem, res, windows, report, overwrite or skip_existing)
             if bar is not None:
                 bar.file_done()
     except KeyboardInterrupt as exc:
@@ -515,7 +516,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
             bar.close()
     # A shard writes its archive even when empty, so a merge can tell it ran.
     if mode == "npz" and (done or shard is not None):
-        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint)
+        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint,
+                       overwrite)
     return report
 
 
@@ -582,13 +584,15 @@ def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwri
     return planned
 
 
-def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunReport) -> None:
+def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunReport,
+                replace: bool) -> None:
+    """An input's npy files, written as one: a full disk leaves none of them, and unless
+    ``replace`` a file another run wrote since the plan is not replaced (that input fails)."""
     arrays = [res.window_embeddings, res.timestamps] if windows else []
     arrays.append(res.embedding)
     files = output_files(stem, windows)
     try:
-        for path, array in zip(files, arrays):
-            save_npy(path, array)
+        save_npys(list(zip(files, arrays)), replace=replace)
     except Exception as exc:  # noqa: BLE001 - one output that cannot be written fails one input
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         target = exc.filename if isinstance(exc, OSError) and exc.filename else f"{stem}.npy"
@@ -606,7 +610,7 @@ def _rescue_paths(output: Path) -> Iterator[Path]:
 
 
 def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
-                   shard: Shard | None, fingerprint: str | None = None) -> None:
+                   shard: Shard | None, fingerprint: str | None = None, overwrite: bool = True) -> None:
     results = [res for _, res, _ in done]
     arrays = archive_arrays(
         [os.fspath(src.path) for src, _, _ in done], [res.embedding for res in results], dim,
@@ -617,7 +621,7 @@ def _write_archive(output: Path, done: list, windows: bool, report: RunReport, d
         arrays["shard"] = np.array([shard.index, shard.count], dtype=np.int64)
         arrays[FINGERPRINT_KEY] = np.array(fingerprint)
     try:
-        save_archive(output, arrays)
+        save_archive(output, arrays, replace=overwrite)  # not over a file another run wrote since
     except OSError as exc:
         # The whole run's work is in this one file: save it elsewhere rather than lose it.
         for rescue in _rescue_paths(output):
