@@ -23,7 +23,7 @@ import queue
 import signal
 import threading
 import time
-from contextlib import closing, nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -493,40 +493,43 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
         else nullcontext()
     dev_every = config.dev["every"] if config.dev else 0
-    with _StopSignals() as signals:
+    with _StopSignals() as signals, ExitStack() as stack:
         if dev_every and state.step == 0:
             measure_dev()
-        with closing(batch_stream(dataset, state.step, config.steps, workers, pin=cuda)) as batches:
-            if max_triplets is not None and state.triplets_seen >= max_triplets:
-                reason = "max_triplets"  # already spent by the run being resumed
-            while state.step < config.steps and reason == "steps":
-                t0 = time.perf_counter()
-                batch = next(batches)
-                step_log.overhead["data_wait_s"] += time.perf_counter() - t0
-                lr = config.lr * state.plan.factor(state.triplets_seen)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
-                if pool is not None:
-                    pool.update(loss_fn.last_pool, state.step)
-                state.step += 1
-                state.triplets_seen += per_step
-                step_log.add(loss, stats, batch)
-                if state.step % config.log_every == 0 or state.step == config.steps:
-                    _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
-                                                          optimizer.param_groups[0]["lr"], elapsed_s()))
-                stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
-                                   (time.monotonic() - started) / 60.0, max_minutes)
-                if distributed.any_rank(stop is not None, ctx):
-                    reason = stop or "another rank stopped"
-                    break
-                if state.step % config.checkpoint_every == 0:
-                    checkpoint()
-                if dev_every and state.step % dev_every == 0:
-                    measure_dev()
-                    step_log.restart_clock()
-            if state.saved_step != state.step:
-                checkpoint()  # before waiting for the batch being read ahead
+        # Closed when the block ends (after the last checkpoint), so the read-ahead thread or
+        # DataLoader workers end before the process does.
+        batches = stack.enter_context(closing(batch_stream(dataset, state.step, config.steps,
+                                                           workers, pin=cuda)))
+        if max_triplets is not None and state.triplets_seen >= max_triplets:
+            reason = "max_triplets"  # already spent by the run being resumed
+        while state.step < config.steps and reason == "steps":
+            t0 = time.perf_counter()
+            batch = next(batches)
+            step_log.overhead["data_wait_s"] += time.perf_counter() - t0
+            lr = config.lr * state.plan.factor(state.triplets_seen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, stats = train_step(ddp_model, loss_fn, optimizer, batch, ctx.device, autocast, pool)
+            if pool is not None:
+                pool.update(loss_fn.last_pool, state.step)
+            state.step += 1
+            state.triplets_seen += per_step
+            step_log.add(loss, stats, batch)
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                _write_line(log_file, step_log.record(ctx, state.step, state.triplets_seen,
+                                                      optimizer.param_groups[0]["lr"], elapsed_s()))
+            stop = stop_reason(signals.received, state.triplets_seen, max_triplets,
+                               (time.monotonic() - started) / 60.0, max_minutes)
+            if distributed.any_rank(stop is not None, ctx):
+                reason = stop or "another rank stopped"
+                break
+            if state.step % config.checkpoint_every == 0:
+                checkpoint()
+            if dev_every and state.step % dev_every == 0:
+                measure_dev()
+                step_log.restart_clock()
+        if state.saved_step != state.step:
+            checkpoint()
         if dev_every and state.measured_step != state.step:
             measure_dev()  # the state the run stops in, whatever stopped it
     if log_file is not None:
