@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import os
 import re
 import stat
@@ -55,26 +56,68 @@ def is_audio_name(name: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(name))[1].lower().lstrip(".") in AUDIO_EXTENSIONS
 
 
+def walk_folders(root: str | os.PathLike, max_depth: int | None = None, *, hidden: bool = False,
+                 on_error: Callable[[OSError], None] | None = None,
+                 repeated: list[Path] | None = None) -> Iterator[tuple[Path, list[str]]]:
+    """``(folder, file names)`` for ``root`` and the folders below it, top-down in name order,
+    down to ``max_depth`` levels below ``root`` (None: every level).
+
+    Symbolic links to folders are followed, and each real folder (its ``st_dev, st_ino``) is
+    searched once: a link back to a folder already searched (a loop such as ``ln -s . again``,
+    or a second link to the same place) is not entered again, and goes into ``repeated``. So
+    every file is listed once and a loop ends. Hidden entries (a leading ``.``) are skipped
+    unless ``hidden``; ``on_error`` gets the OSError of a folder that cannot be listed.
+    """
+    root = Path(root)
+    try:
+        st = os.stat(root)
+    except OSError:
+        st = None  # os.walk reports it to on_error
+    visited = set() if st is None else {(st.st_dev, st.st_ino)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        keep = []
+        for name in sorted(dirnames):
+            if (not hidden and name.startswith(".")) or (max_depth is not None and depth >= max_depth):
+                continue
+            try:
+                st = os.stat(here / name)
+            except OSError as exc:
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            if (st.st_dev, st.st_ino) in visited:
+                if repeated is not None:
+                    repeated.append(here / name)
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            keep.append(name)
+        dirnames[:] = keep
+        yield here, [n for n in filenames if hidden or not n.startswith(".")]
+
+
 def audio_files(folder: str | os.PathLike, recursive: bool = True, *,
                 skipped: Counter | None = None,
-                on_error: Callable[[OSError], None] | None = None) -> list[Path]:
+                on_error: Callable[[OSError], None] | None = None,
+                repeated: list[Path] | None = None) -> list[Path]:
     """The files with an audio extension below ``folder`` (every level, or with
     ``recursive=False`` its top level), sorted by their path relative to it.
 
     Hidden files and folders are skipped (macOS ``._x.wav`` resource forks are not audio).
-    ``skipped`` counts the other visible files by extension; ``on_error`` gets the OSError of a
-    folder that cannot be listed (default: ignored). Entries are not opened: one that is not
-    a regular file (a FIFO) is listed, and reading it says what it is.
+    Linked folders are followed, each real folder once (:func:`walk_folders`; the links not
+    entered again go into ``repeated``). ``skipped`` counts the other visible files by
+    extension; ``on_error`` gets the OSError of a folder that cannot be listed (default:
+    ignored). Entries are not opened: one that is not a regular file (a FIFO) is listed, and
+    reading it says what it is.
     """
     root = Path(folder)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+    for dirpath, filenames in walk_folders(root, None if recursive else 0, on_error=on_error,
+                                           repeated=repeated):
         for name in filenames:
-            if name.startswith("."):
-                continue
             if is_audio_name(name):
-                found.append(Path(dirpath) / name)
+                found.append(dirpath / name)
             elif skipped is not None:
                 skipped[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
@@ -284,8 +327,8 @@ class AudioSource:
                 return
 
     def truncation(self, frames_read: int) -> str | None:
-        """Why the file seems cut short, naming it, after ``frames_read`` frames were read; or
-        None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
+        """Why the file seems cut short (or, for Ogg, damaged), naming it, after ``frames_read``
+        frames were read; or None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
         if self._file is None:
             return None
         fmt = self._file.format
@@ -296,11 +339,8 @@ class AudioSource:
             if fmt == "WAV":
                 declared = _wav_declared_frames(self._path)
             elif fmt == "OGG":
-                if not _ogg_ends_cleanly(self._path):
-                    return (f"{self.name}: truncated: the Ogg stream ends without its final page; "
-                            f"{_seconds(frames_read, self.rate)} could be read")
-                return None
-        except OSError:
+                return _ogg_problem(self._path, self.name, frames_read, self.rate)
+        except (OSError, ValueError):  # ValueError: mmap of a file emptied since
             return None  # unreadable now: the read itself would have failed
         if declared is None:
             declared = self._file.frames
@@ -369,25 +409,55 @@ def _wav_declared_frames(path: str) -> int | None:
                 f.seek(size + (size & 1), os.SEEK_CUR)
 
 
-def _ogg_ends_cleanly(path: str) -> bool:
-    """Whether the file's last Ogg page is whole and marks the end of its stream."""
-    with open(os.fsencode(path), "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        # A page is at most 27 + 255 + 255 * 255 bytes.
-        tail_start = max(0, size - 65_307 * 2)
-        f.seek(tail_start)
-        tail = f.read()
-    at = tail.rfind(b"OggS")
-    while at >= 0:
-        header = tail[at:at + 27]
-        if len(header) == 27 and header[4] == 0:  # stream structure version 0: a real page
-            n_segments = header[26]
-            table = tail[at + 27:at + 27 + n_segments]
-            end = at + 27 + n_segments + sum(table)
-            return len(table) == n_segments and end == len(tail) and bool(header[5] & 0x04)
-        at = tail.rfind(b"OggS", 0, at)
-    return False
+def _ogg_problem(path: str, name: str, frames_read: int, rate: int) -> str | None:
+    """Why an Ogg file gave less audio than it holds, after ``frames_read`` frames: damaged
+    pages (the decoder skips them: "corrupt"), or a file that ends inside a page or without
+    the page that ends its stream ("truncated"); None if neither.
+
+    The pages are walked by their headers (no decoding): a gap between them is damage, and a
+    clean chain whose last granule position (the stream's length, for one Vorbis or Opus
+    stream) exceeds what was decoded means a page failed its checksum and was skipped.
+    """
+    with open(os.fsencode(path), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = len(m)
+        pos, damaged, cut, eos, streams, granule, head = 0, None, False, False, 0, None, b""
+        while pos < size:
+            if m[pos:pos + 4] == b"OggS" and m[pos + 4:pos + 5] in (b"\x00", b""):
+                n = m[pos + 26] if pos + 27 <= size else 0
+                end = pos + 27 + n + sum(m[pos + 27:pos + 27 + n])
+                if pos + 27 > size or pos + 27 + n > size or end > size:
+                    cut = True
+                    break
+                flags = m[pos + 5]
+                if flags & 0x02:  # the first page of a logical stream: its head packet
+                    streams += 1
+                    head = head or m[pos + 27 + n:pos + 27 + n + 12]
+                eos = bool(flags & 0x04)
+                g = int.from_bytes(m[pos + 6:pos + 14], "little", signed=True)
+                granule = g if g >= 0 else granule  # -1: no packet ends on this page
+                pos = end
+                continue
+            if eos:
+                break  # bytes after the stream's last page (a tag, padding) are not audio
+            damaged = pos if damaged is None else damaged
+            pos = m.find(b"OggS", pos + 1)
+            if pos < 0:
+                break
+    total = None
+    if streams == 1 and granule is not None and head.startswith(b"\x01vorbis"):
+        total = granule
+    elif streams == 1 and granule is not None and head.startswith(b"OpusHead"):
+        total = (granule - int.from_bytes(head[10:12], "little")) * rate // 48_000
+    got = _seconds(frames_read, rate)
+    of = f" of {_seconds(total, rate)}" if total is not None and total > frames_read else ""
+    if damaged is not None:
+        return f"{name}: corrupt: damaged Ogg data at byte {damaged}; {got}{of} could be decoded"
+    if cut or not eos:
+        return f"{name}: truncated: the Ogg stream ends without its final page; {got} could be read"
+    if total is not None and total - frames_read > rate // 50:  # 20 ms: Opus rounds its frames
+        return (f"{name}: corrupt: {got}{of} could be decoded (damaged Ogg pages fail their "
+                "checksum and are skipped)")
+    return None
 
 
 def _read_all(src: AudioSource) -> np.ndarray:

@@ -102,9 +102,10 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     \b
     INPUT is a file, a folder or a glob (quote it to let audioembed expand it; ** descends).
     Folders and globs give their files with an audio extension (wav, flac, ogg, oga, opus,
-    mp3, aiff, aif, au, caf, w64, ...), sorted by name; hidden files are skipped. A file
-    named explicitly is tried whatever its extension. Any sample rate and channel count:
-    channels are averaged, audio is resampled to 16 kHz.
+    mp3, aiff, aif, au, caf, w64, ...), sorted by name; hidden files are skipped. Links
+    to folders are followed, each real folder once (link loops end; a note names the links
+    not entered again). A file named explicitly is tried whatever its extension. Any sample
+    rate and channel count: channels are averaged, audio is resampled to 16 kHz.
 
     \b
     Outputs (written atomically: never a partial file):
@@ -170,10 +171,18 @@ def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recurs
     sys.exit(report.exit_code)
 
 
+# Control characters a file name may hold, escaped so that a message naming it stays on one
+# line (a newline in a name would split a failure in two) and cannot move the cursor.
+_CONTROL_ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)},
+                    0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def printable(line: str) -> str:
     """``line`` with the bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``,
-    so that printing it cannot fail."""
-    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    so that printing it cannot fail, and control characters escaped (``\\n``, ``\\t``,
+    ``\\x1b``), so that it is one line."""
+    text = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROL_ESCAPES)
 
 
 def _handle_sigterm(handler):
@@ -352,24 +361,41 @@ def index(inputs, output, model, backend, overwrite, quiet):
 @click.option("--model", default=None, help=MODEL_HELP + " Must be the model that made the index.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout instead of lines.")
-def search(query, index_path, k, model, backend, as_json):
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 2), instead of warning, when the query's range starts after its "
+                   "audio ends, or its file is truncated or all zeros.")
+def search(query, index_path, k, model, backend, as_json, strict):
     """Rank the segments of INDEX.npz by cosine similarity to QUERY.
 
     \b
     QUERY is an audio file, or a time range of one: clip.wav@12.5-14.0 averages the windows
-    centred in that range. Prints rank, score and name, best first.
+    centred in that range (the nearest window if none is; a range that starts after the
+    audio ends warns, or with --strict fails). Prints rank, score and name, best first.
     """
+    import warnings
+
     from audioembed import search as search_mod
+    from audioembed.audio_io import SilentAudioWarning, TruncatedAudioWarning
 
     try:
         idx = search_mod.Index.load(index_path)
-        q = search_mod.query_embedding(query, model=model, backend=backend)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            q = search_mod.query_embedding(query, model=model, backend=backend, strict=strict)
+        for w in caught:
+            if not issubclass(w.category, (SilentAudioWarning, TruncatedAudioWarning,
+                                           search_mod.QueryRangeWarning)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif strict:
+                raise click.UsageError(f"{printable(str(w.message))} (--strict)")
+            else:
+                click.echo(f"warning: {printable(str(w.message))}", err=True)
         if q.shape[-1] != idx.embeddings.shape[1]:
             raise click.UsageError(f"the query embedding has {q.shape[-1]} dimensions, the index "
                                    f"{idx.embeddings.shape[1]}: embed both with the same model")
         results = search_mod.search(idx, q, k)
     except AudioembedError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(printable(str(exc))) from exc
     if as_json:
         click.echo(json.dumps({"query": query, "index": index_path, "results": results}))
         return
@@ -478,8 +504,8 @@ def classify_predict(classifier_dir, inputs, k, as_json, model, recursive, devic
         click.echo(json.dumps(rows, indent=None))
     else:
         for path, top in report.predictions:
-            pairs = "\t".join(f"{label}\t{score:.4f}" for label, score in top)
-            click.echo(f"{printable(path)}\t{printable(pairs)}")
+            pairs = "\t".join(f"{printable(label)}\t{score:.4f}" for label, score in top)
+            click.echo(f"{printable(path)}\t{pairs}")
     _echo_problems(report, quiet=True, done="labelled")
     sys.exit(report.exit_code)
 

@@ -10,6 +10,7 @@ anything is written.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import stat
@@ -27,12 +28,12 @@ import torch
 
 from audioembed import api, frontend
 from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
-                                 is_audio_name, silence_message)
+                                 is_audio_name, silence_message, walk_folders)
 from audioembed.backends import BACKENDS, resolve_backend
 from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError, UsageError
 from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
-                                save_npy)
+                                save_npys)
 from audioembed.precision import check_precision, precision_in_use, precision_on, with_precision
 from audioembed.registry import DEFAULT_MODEL
 from audioembed.shards import FINGERPRINT_KEY, Shard, run_fingerprint
@@ -82,14 +83,17 @@ class Source:
     rel: PurePath
 
 
-def _scan_folder(root: Path, recursive: bool, failures: list[str], skipped: Counter) -> list[Source]:
+def _scan_folder(root: Path, recursive: bool, failures: list[str], skipped: Counter,
+                 repeated: list[Path]) -> list[Source]:
     """Audio files below ``root``; other visible files are counted in ``skipped`` by extension,
-    and audio-named entries that are not regular files (a FIFO would block) fail."""
+    linked folders not entered again in ``repeated``, and audio-named entries that are not
+    regular files (a FIFO would block) fail."""
     def listing_failed(err: OSError) -> None:
         failures.append(f"{err.filename}: cannot list folder ({err.strerror or err})")
 
     found = []
-    for path in audio_files(root, recursive, skipped=skipped, on_error=listing_failed):
+    for path in audio_files(root, recursive, skipped=skipped, on_error=listing_failed,
+                            repeated=repeated):
         try:
             mode = os.stat(path).st_mode
         except OSError:
@@ -118,41 +122,81 @@ def _has_subfolders(folder: str) -> bool:
         return False  # the listing failure is already reported
 
 
-def _glob_base(pattern: str) -> str:
-    """The folder part of ``pattern`` before its first wildcard: outputs mirror names below it."""
+def repeated_note(repeated: list[Path]) -> str | None:
+    """One line naming the linked folders that were not searched again."""
+    if not repeated:
+        return None
+    n = len(repeated)
+    names = ", ".join(str(p) for p in repeated[:5]) + (", ..." if n > 5 else "")
+    return (f"did not search {n} linked folder{'s' * (n != 1)} again: {'they lead' if n != 1 else 'it leads'} "
+            f"to a folder already searched (a link loop, or a second link to it): {names}")
+
+
+def _glob_parts(pattern: str) -> tuple[str, list[str]]:
+    """The folder part of ``pattern`` before its first wildcard (outputs mirror names below it),
+    and the components after it."""
     parts = Path(pattern).parts
     fixed = []
     for part in parts[:-1]:
         if glob.has_magic(part):
             break
         fixed.append(part)
-    return str(Path(*fixed)) if fixed else "."
+    return (str(Path(*fixed)) if fixed else "."), list(parts[len(fixed):])
 
 
-def _expand_glob(pattern: str) -> list[Source]:
-    base = _glob_base(pattern)
-    found = [Source(Path(m), PurePath(os.path.relpath(m, base)))
-             for m in glob.glob(pattern, recursive=True)
-             if os.path.isfile(m) and is_audio_name(m)]
+def _glob_match(names: Sequence[str], pats: Sequence[str]) -> bool:
+    """Whether the path components ``names`` match the pattern components ``pats`` as
+    ``glob.glob(recursive=True)`` would: ``**`` spans any number of folders, and a wildcard
+    never matches a leading ``.``."""
+    if not pats:
+        return not names
+    if pats[0] == "**":
+        for i in range(len(names) + 1):
+            if _glob_match(names[i:], pats[1:]):
+                return True
+            if i < len(names) and names[i].startswith("."):
+                return False
+        return False
+    if not names or (names[0].startswith(".") and not pats[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], pats[0]) and _glob_match(names[1:], pats[1:])
+
+
+def _expand_glob(pattern: str, repeated: list[Path]) -> list[Source]:
+    """The audio files ``pattern`` matches, found by the same loop-guarded walk as a folder
+    (``glob.glob`` itself runs for ever on ``**`` over a link to ``.``)."""
+    base, pats = _glob_parts(pattern)
+    depth = None if "**" in pats else len(pats) - 1
+    hidden = any(p.startswith(".") for p in pats)
+    found = []
+    for folder, names in walk_folders(base, depth, hidden=hidden, repeated=repeated):
+        rel = folder.relative_to(base).parts if folder != Path(base) else ()
+        for name in names:
+            path = folder / name
+            if is_audio_name(name) and _glob_match((*rel, name), pats) and path.is_file():
+                found.append(Source(path, PurePath(*rel, name)))
     return sorted(found, key=lambda s: s.rel.as_posix())
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False,
-                  skipped: Counter | None = None) -> tuple[list[Source], list[str]]:
+                  skipped: Counter | None = None,
+                  repeated: list[Path] | None = None) -> tuple[list[Source], list[str]]:
     """Files to embed, and one-line failures for inputs that name none.
 
     An existing file is taken whatever its extension; a folder (its top level, or every level
     with ``recursive``) and a glob give their files with an audio extension, sorted by name
     (``skipped`` counts the others of folders, by extension). Non-regular files (FIFOs,
     devices) fail, except ``/dev/stdin`` named explicitly. Arguments keep their order; a file
-    reached twice is embedded once.
+    reached twice is embedded once. Folders and globs follow links to folders, each real folder
+    once (``repeated`` gets the links not entered again: loops, second links).
     """
     sources, failures, seen = [], [], set()
     skipped = Counter() if skipped is None else skipped
+    repeated = [] if repeated is None else repeated
     for arg in inputs:
         arg = os.fsdecode(arg)
         if os.path.isdir(arg):
-            found = _scan_folder(Path(arg), recursive, failures, skipped)
+            found = _scan_folder(Path(arg), recursive, failures, skipped, repeated)
             if not found:
                 hint = "" if recursive or not _has_subfolders(arg) else \
                     "; pass --recursive to search its subfolders"
@@ -165,7 +209,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False,
                 continue
             found = [Source(Path(arg), PurePath(Path(arg).name))]
         elif glob.has_magic(arg):
-            found = _expand_glob(os.path.expanduser(arg))
+            found = _expand_glob(os.path.expanduser(arg), repeated)
             if not found:
                 failures.append(f"{arg}: no audio files match this pattern")
         else:
@@ -401,7 +445,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                          "archive is written whole at the end")
     workers = default_workers(device, backend) if workers is None else workers
     skipped_ext: Counter = Counter()
-    sources, failures = expand_inputs(inputs, recursive, skipped_ext)
+    repeated: list[Path] = []
+    sources, failures = expand_inputs(inputs, recursive, skipped_ext, repeated)
     if mode == "single" and len(sources) > 1:
         raise UsageError(f"-o {output} holds one embedding, but the inputs name {len(sources)} "
                          "files; pass -o FOLDER (one .npy per input) or -o embeddings.npz")
@@ -410,9 +455,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     archive = shard.archive(output) if shard is not None and mode == "npz" else output
     report = RunReport(total=len(mine), failures=failures, destination=archive,
                        resumable=mode != "npz")
-    note = skipped_note(skipped_ext)
-    if note is not None:
-        report.notes.append(note)
+    report.notes.extend(n for n in (skipped_note(skipped_ext), repeated_note(repeated)) if n is not None)
     if mode == "npz":
         if archive.exists() and not overwrite:
             report.failures.append(f"{archive}: exists; pass --overwrite to replace it")
@@ -477,7 +520,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                 if mode == "npz":
                     done.append((src, res, pos))
                 else:
-                    _write_item(stem, res, windows, report)
+                    # --skip-existing rewrites an input's incomplete files.
+                    _write_item(stem, res, windows, report, overwrite or skip_existing)
             if bar is not None:
                 bar.file_done()
     except KeyboardInterrupt as exc:
@@ -488,7 +532,8 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
             bar.close()
     # A shard writes its archive even when empty, so a merge can tell it ran.
     if mode == "npz" and (done or shard is not None):
-        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint)
+        _write_archive(archive, done, windows, report, net.embedding_dim, shard, fingerprint,
+                       overwrite)
     return report
 
 
@@ -555,13 +600,15 @@ def _plan(sources: list[Source], output: Path, mode: str, windows: bool, overwri
     return planned
 
 
-def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunReport) -> None:
+def _write_item(stem: Path, res: api.ItemResult, windows: bool, report: RunReport,
+                replace: bool) -> None:
+    """An input's npy files, written as one: a full disk leaves none of them, and unless
+    ``replace`` a file another run wrote since the plan is not replaced (that input fails)."""
     arrays = [res.window_embeddings, res.timestamps] if windows else []
     arrays.append(res.embedding)
     files = output_files(stem, windows)
     try:
-        for path, array in zip(files, arrays):
-            save_npy(path, array)
+        save_npys(list(zip(files, arrays)), replace=replace)
     except Exception as exc:  # noqa: BLE001 - one output that cannot be written fails one input
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         target = exc.filename if isinstance(exc, OSError) and exc.filename else f"{stem}.npy"
@@ -579,7 +626,7 @@ def _rescue_paths(output: Path) -> Iterator[Path]:
 
 
 def _write_archive(output: Path, done: list, windows: bool, report: RunReport, dim: int,
-                   shard: Shard | None, fingerprint: str | None = None) -> None:
+                   shard: Shard | None, fingerprint: str | None = None, overwrite: bool = True) -> None:
     results = [res for _, res, _ in done]
     arrays = archive_arrays(
         [os.fspath(src.path) for src, _, _ in done], [res.embedding for res in results], dim,
@@ -590,7 +637,7 @@ def _write_archive(output: Path, done: list, windows: bool, report: RunReport, d
         arrays["shard"] = np.array([shard.index, shard.count], dtype=np.int64)
         arrays[FINGERPRINT_KEY] = np.array(fingerprint)
     try:
-        save_archive(output, arrays)
+        save_archive(output, arrays, replace=overwrite)  # not over a file another run wrote since
     except OSError as exc:
         # The whole run's work is in this one file: save it elsewhere rather than lose it.
         for rescue in _rescue_paths(output):

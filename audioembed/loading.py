@@ -147,7 +147,14 @@ def _load_hub(repo: str, revision: str | None, *, cache_dir: str | None, device,
 
 def _bundled_folder(entry: registry.PretrainedModel) -> Path:
     folder = Path(str(resources.files("audioembed") / "pretrained" / entry.bundled))
-    if not entry.has_weights or not (folder / WEIGHTS_NAME).is_file():
+    missing = [folder / name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if entry.has_weights and missing:
+        raise ModelNotAvailableError(
+            f"the weights of {entry.name!r} are released with this version of audioembed, but "
+            f"{missing[0]} is missing from this installation: reinstall audioembed (pip install "
+            "--force-reinstall --no-deps audioembed; in a checkout, git checkout -- "
+            "audioembed/pretrained)")
+    if not entry.has_weights:
         raise ModelNotAvailableError(
             f"the weights of {entry.name!r} are not released in this version of audioembed. "
             "Pass a model folder you trained (python -m training train, then python -m training "

@@ -84,30 +84,84 @@ def remove_stale_temp_files(folders: Iterable[Path]) -> list[Path]:
     return removed
 
 
-def atomic_create(path: Path, create: Callable[[Path], None]) -> None:
-    """``create(tmp)`` makes the file at a temporary name beside ``path``; it is then renamed
-    into place. A crash or a full disk leaves the old file (or none), never a partial one.
-    An OSError names ``path``, never the temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / temp_name()
-    try:
-        create(tmp)
+def _named(exc: OSError, tmp: Path, path: Path) -> None:
+    """Make ``exc`` name ``path`` where it names its temporary file ``tmp``."""
+    if exc.filename is not None and os.fspath(exc.filename) == os.fspath(tmp):
+        exc.filename = os.fspath(path)
+
+
+# What os.link raises where the file system has no hard links (FAT, some network mounts).
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def _place(tmp: Path, path: Path, replace: bool) -> None:
+    """Move the finished ``tmp`` to ``path``. Unless ``replace``, an existing ``path`` (say,
+    written meanwhile by another run) raises FileExistsError and is left alone: the new name is
+    created exclusively, as a hard link, where the file system has them."""
+    if replace:
         os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError as exc:
+        raise FileExistsError(errno.EEXIST, "exists; pass --overwrite to replace it",
+                              os.fspath(path)) from exc
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(tmp):
-            exc.filename = os.fspath(path)
+        if exc.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists; pass --overwrite to replace it",
+                                  os.fspath(path)) from exc
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def atomic_create_all(items: Sequence[tuple[Path, Callable[[Path], None]]], replace: bool = True) -> None:
+    """Create several files as one: each ``create(tmp)`` makes its file at a temporary name
+    beside its path, and only once all are made are they moved into place, in order. A crash
+    or a full disk leaves the old files (or none), never a partial file nor a partial set.
+
+    Unless ``replace``, a path that exists when its turn comes (another run wrote it since it
+    was checked) raises FileExistsError naming it, and the files this call had already placed
+    are removed again. An OSError names the final path, never a temporary file.
+    """
+    made, placed = [], []
+    try:
+        for path, create in items:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / temp_name()
+            made.append((tmp, path))
+            create(tmp)
+        for tmp, path in made:
+            _place(tmp, path, replace)
+            placed.append(path)
+    except OSError as exc:
+        _undo(made, placed, replace)
+        for tmp, path in made:
+            _named(exc, tmp, path)
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _undo(made, placed, replace)
         raise
 
 
-def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
-    """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place
-    (:func:`atomic_create`). ``fsync`` also flushes the data to disk before the rename, for
-    files a resume relies on."""
+def _undo(made: list[tuple[Path, Path]], placed: list[Path], replace: bool) -> None:
+    for tmp, _ in made:
+        tmp.unlink(missing_ok=True)
+    if not replace:  # created exclusively by this call: nobody else's
+        for path in placed:
+            path.unlink(missing_ok=True)
+
+
+def atomic_create(path: Path, create: Callable[[Path], None], replace: bool = True) -> None:
+    """``create(tmp)`` makes the file at a temporary name beside ``path``; it is then renamed
+    into place (:func:`atomic_create_all` of one file)."""
+    atomic_create_all([(path, create)], replace)
+
+
+def _writer(write: Callable, fsync: bool) -> Callable[[Path], None]:
     def create(tmp: Path) -> None:
         # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -116,12 +170,20 @@ def atomic_write(path: Path, write: Callable, fsync: bool = False) -> None:
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+    return create
 
-    atomic_create(path, create)
+
+def atomic_write(path: Path, write: Callable, fsync: bool = False, replace: bool = True) -> None:
+    """``write(fileobj)`` into a temporary file beside ``path``, then rename it into place
+    (:func:`atomic_create`). ``fsync`` also flushes the data to disk before the rename, for
+    files a resume relies on."""
+    atomic_create(path, _writer(write, fsync), replace)
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+def save_npys(files: Sequence[tuple[Path, np.ndarray]], replace: bool = True) -> None:
+    """Several ``.npy`` files written as one (:func:`atomic_create_all`)."""
+    atomic_create_all([(path, _writer(lambda f, a=array: np.save(f, a, allow_pickle=False), False))
+                       for path, array in files], replace)
 
 
 def archive_arrays(names: Sequence[str], embeddings: Sequence[np.ndarray], dim: int,
@@ -167,8 +229,8 @@ def read_archive(path: str | os.PathLike, keys: Sequence[str] | None = None) -> 
                            f"corrupt ({exc or type(exc).__name__})") from exc
 
 
-def save_archive(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+def save_archive(path: Path, arrays: dict[str, np.ndarray], replace: bool = True) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays), replace=replace)
 
 
 def check_writable(output: Path, mode: str) -> None:

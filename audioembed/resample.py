@@ -299,9 +299,13 @@ def make_resampler(sr: int) -> BlockResampler | PhaseResampler:
 
 @lru_cache(maxsize=16)
 def check_rate(sr: int) -> int:
-    """``sr`` as an int if it is a positive integer sample rate, else an AudioError."""
-    if not (isinstance(sr, (int, np.integer)) and sr > 0):
-        raise AudioError(f"invalid sample rate {sr!r}")
+    """``sr`` as an int if it is a positive whole number of Hz (``16000``, or a float such as
+    ``16000.0`` that equals one), else an AudioError."""
+    if isinstance(sr, (float, np.floating)) and math.isfinite(sr) and float(sr).is_integer():
+        sr = int(sr)
+    if isinstance(sr, bool) or not (isinstance(sr, (int, np.integer)) and sr > 0):
+        hint = ": a sample rate is a whole number of Hz" if isinstance(sr, (float, np.floating)) else ""
+        raise AudioError(f"invalid sample rate {sr!r}{hint}")
     return int(sr)
 
 

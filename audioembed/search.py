@@ -6,7 +6,9 @@ writes, and what ``audioembed index DIR -o X.npz`` writes for a folder. Rows are
 on load, so the score is the cosine similarity.
 
 A query is an audio file, or a time range of one: ``clip.wav@12.5-14.0`` averages the window
-embeddings whose centres lie in [12.5 s, 14.0 s] (the window nearest the range when none does).
+embeddings whose centres lie in [12.5 s, 14.0 s] (the window nearest the range when none does;
+a range that starts after the audio ends warns, :class:`QueryRangeWarning`, or with ``strict``
+fails).
 
 Ranking is exact and blocked: the index is scored ``block_rows`` rows at a time with one
 matrix product per block, keeping a running top-k, so memory stays at ``Q x block_rows``
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from audioembed import frontend
 from audioembed.api import embed
 from audioembed.errors import InvalidArgumentError
 from audioembed.outputs import ArchiveError, read_archive
@@ -32,8 +36,16 @@ DEFAULT_BLOCK_ROWS = 1 << 17
 _RANGE = re.compile(r"^(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
 
 
+# What a range that is not START-END looks like: digits, signs, points, exponents.
+_RANGE_LIKE = re.compile(r"^[-+0-9.eE\s]+$")
+
+
 class SearchError(InvalidArgumentError):
     """An index or a query that cannot be used; the message says which and why."""
+
+
+class QueryRangeWarning(UserWarning):
+    """A query's time range starts after its audio ends: the last window is used."""
 
 
 @dataclass
@@ -105,7 +117,12 @@ def parse_query(spec: str) -> tuple[str, float | None, float | None]:
     range unless a file of that exact name exists."""
     path, sep, rng = spec.rpartition("@")
     m = _RANGE.match(rng) if sep else None
-    if m is None or os.path.exists(spec):
+    if os.path.exists(spec) or not sep:
+        return spec, None, None
+    if m is None:
+        if os.path.exists(path) or _RANGE_LIKE.match(rng):
+            raise SearchError(f"{spec}: {rng!r} is not a time range: write START-END in seconds, "
+                              "both 0 or more, e.g. clip.wav@12.5-14.0")
         return spec, None, None
     start, end = float(m.group("start")), float(m.group("end"))
     if end <= start:
@@ -123,15 +140,34 @@ def range_mean(window_embeddings: np.ndarray, timestamps: np.ndarray, start: flo
     return normalise(window_embeddings[inside].mean(axis=0))
 
 
-def query_embedding(spec: str, model=None, backend: str = "torch") -> np.ndarray:
-    """The ``(D,)`` embedding of a query (a file, or ``file@start-end``)."""
+def range_past_end(spec: str, timestamps: np.ndarray, start: float) -> str | None:
+    """Why the range of ``spec``, starting at ``start``, lies past the end of the audio its
+    windows (centred at ``timestamps``) cover; or None."""
+    covered = float(timestamps[-1]) + frontend.WINDOW_FRAMES / frontend.FRAMES_PER_SECOND / 2
+    if start < covered:
+        return None
+    return (f"{spec}: the range starts after the audio ends (its windows cover 0-{covered:.2f} s); "
+            f"the last window, centred at {float(timestamps[-1]):.2f} s, is used")
+
+
+def query_embedding(spec: str, model=None, backend: str = "torch", strict: bool = False) -> np.ndarray:
+    """The ``(D,)`` embedding of a query (a file, or ``file@start-end``).
+
+    A range that starts after the audio ends warns (:class:`QueryRangeWarning`) and uses the
+    last window; with ``strict`` it raises :class:`SearchError`."""
     path, start, end = parse_query(spec)
     if not Path(path).exists():
         raise SearchError(f"{path}: no such query file")
     if start is None:
         return np.asarray(embed(path, model=model, backend=backend), dtype=np.float32)
     got = embed(path, model=model, backend=backend, windows=True)
-    return range_mean(np.asarray(got.window_embeddings), np.asarray(got.timestamps), start, end)
+    timestamps = np.asarray(got.timestamps)
+    problem = range_past_end(spec, timestamps, start)
+    if problem is not None and strict:
+        raise SearchError(f"{problem} (--strict)")
+    if problem is not None:
+        warnings.warn(problem, QueryRangeWarning, stacklevel=2)
+    return range_mean(np.asarray(got.window_embeddings), timestamps, start, end)
 
 
 def search(index: Index, query: np.ndarray, k: int = 10) -> list[dict]:

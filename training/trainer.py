@@ -23,7 +23,7 @@ import queue
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -95,26 +95,34 @@ class StepBatches(torch.utils.data.Dataset):
 
 def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so sampling the next
-    batch overlaps the model's step (numpy and torch release the GIL in their kernels)."""
+    batch overlaps the model's step (numpy and torch release the GIL in their kernels).
+
+    Closing the generator (or its end) stops the thread and waits for it: a thread still inside
+    a torch kernel when the interpreter exits aborts the process ("terminate called without an
+    active exception"), so it must not outlive its consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Put ``item`` once there is room; False if the consumer stopped first."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            q.put(exc)
+            offer(exc)
             return
-        q.put(done)
+        offer(done)
 
     t = threading.Thread(target=work, daemon=True, name="batch-prefetch")
     t.start()
@@ -128,15 +136,25 @@ def read_ahead(iterable: Iterable, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        t.join()  # at most the batch being made: it is finished, then dropped
+
+
+def _loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        del it  # its last reference: the iterator shuts its worker processes down
 
 
 def batch_stream(dataset: StepBatches, start: int, stop: int, workers: int, pin: bool) -> Iterator[dict]:
-    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread."""
+    """Batches for steps ``start..stop-1`` in order; DataLoader workers, else a read-ahead thread.
+
+    A generator: ``close()`` it when stopping early, so its thread or workers end before exit."""
     if workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, stop),
-                                             num_workers=workers, pin_memory=pin, prefetch_factor=4,
-                                             persistent_workers=False)
-        return iter(loader)
+        return _loader_batches(torch.utils.data.DataLoader(
+            dataset, batch_size=None, sampler=range(start, stop), num_workers=workers,
+            pin_memory=pin, prefetch_factor=4, persistent_workers=False))
     return read_ahead((dataset[s] for s in range(start, stop)), depth=2)
 
 
@@ -480,10 +498,13 @@ def _train(config, out, ctx, resume, max_triplets, max_minutes, write_checksums,
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16(config, ctx.device) \
         else nullcontext()
     dev_every = config.dev["every"] if config.dev else 0
-    with _StopSignals() as signals:
+    with _StopSignals() as signals, ExitStack() as stack:
         if dev_every and state.step == 0:
             measure_dev()
-        batches = batch_stream(dataset, state.step, config.steps, workers, pin=cuda)
+        # Closed when the block ends (after the last checkpoint), so the read-ahead thread or
+        # DataLoader workers end before the process does.
+        batches = stack.enter_context(closing(batch_stream(dataset, state.step, config.steps,
+                                                           workers, pin=cuda)))
         if progress is not None:
             progress(state.triplets_seen, None)
         if max_triplets is not None and state.triplets_seen >= max_triplets:
