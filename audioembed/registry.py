@@ -60,7 +60,7 @@ class PretrainedModel:
 DEFAULT_MODEL = "triplet-resnet50-joint"
 
 _V02 = dict(
-    bundled="triplet-resnet50-joint-v0.2",
+    last_bundled_in="0.3.0",
     license="CC-BY-SA-4.0",
     paper=PAPER,
     sha256="0415adb4b3dc3dfdfd1d2d3c4f9605c3af0301cb026433406673f357b57e38ff",
@@ -68,7 +68,7 @@ _V02 = dict(
                 "temporal proximity) on 27.9 h of openly licensed Debian audio (release v0.2)",
 )
 _V03 = dict(
-    bundled="triplet-resnet50-joint",
+    bundled="triplet-resnet50-joint-v0.3",
     license="CC-BY-SA-4.0",
     paper=PAPER,
     sha256="0dd82f15630b9663a6413a15912e132d49f3b4d54b516d5004fa094a1f431ad4",
@@ -77,11 +77,23 @@ _V03 = dict(
                 "cross-batch memory on 29.0 h of openly licensed Debian audio (release v0.3)",
 )
 
+_V04 = dict(
+    bundled="triplet-resnet50-joint",
+    license="CC-BY-SA-4.0",
+    paper=PAPER,
+    sha256="de6671b93490202866e2e65b4458e3d1201bebf1807e7d00d3a59ae0a22767db",
+    description="ResNet-50, joint unsupervised triplets (noise, translation, mixing, "
+                "temporal proximity); v0.3 trained on for 200,000 triplets with the same recipe "
+                "on 31.3 h of openly licensed audio: the Debian corpus plus field and foley "
+                "recordings (release v0.4)",
+)
+
 # DEFAULT_MODEL names the newest release; "-vX.Y" names stay on their weights for good, so a
 # pipeline that pins one (or an experiment that starts from one) never changes under it.
 _REGISTRY = {
     m.name: m for m in [
-        PretrainedModel(name="triplet-resnet50-joint", **_V03),
+        PretrainedModel(name="triplet-resnet50-joint", **_V04),
+        PretrainedModel(name="triplet-resnet50-joint-v0.4", **_V04),
         PretrainedModel(name="triplet-resnet50-joint-v0.3", **_V03),
         PretrainedModel(name="triplet-resnet50-joint-v0.2", **_V02),
     ]

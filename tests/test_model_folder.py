@@ -247,9 +247,13 @@ def test_release_provenance_holds_repo_relative_paths_and_a_clean_commit(tmp_pat
     assert '"/' not in text and "+dirty" not in text
 
 
-def test_pinned_release_name_loads_the_v02_weights():
-    # The sha256 is the v0.2 release's (MODEL_CARD.md, git history): the pinned name must keep
-    # loading exactly those weights whatever the default becomes.
-    model = load_model("triplet-resnet50-joint-v0.2")
-    assert model.info["sha256"].startswith("0415adb4b3dc3dfd")
-    assert model.info["source"] == "registry:triplet-resnet50-joint-v0.2"
+def test_pinned_release_names_load_their_own_weights_or_say_where_they_are():
+    # The sha256s are the releases' (MODEL_CARD.md, git history): a pinned name keeps loading
+    # exactly those weights whatever the default becomes, or, once its weights leave the wheel,
+    # fails naming the last package version that bundles them; never other weights.
+    model = load_model("triplet-resnet50-joint-v0.3")
+    assert model.info["sha256"].startswith("0dd82f15630b9663")
+    assert model.info["source"] == "registry:triplet-resnet50-joint-v0.3"
+    assert load_model("triplet-resnet50-joint-v0.4").info["sha256"] == load_model().info["sha256"]
+    with pytest.raises(ModelNotAvailableError, match=r"audioembed==0\.3\.0.*0415adb4b3dc3dfd"):
+        load_model("triplet-resnet50-joint-v0.2")

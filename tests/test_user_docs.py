@@ -65,7 +65,8 @@ def test_readme_is_short_and_keeps_what_ci_and_users_run():
     assert 'pip install -c constraints.txt -e ".[dev]" && python -m pytest -q' in text  # .ci/run
     for page in DOC_PAGES:
         assert f"docs/{page}" in text, page
-    for name in ("triplet-resnet50-joint", "triplet-resnet50-joint-v0.2", "triplet-resnet50-joint-v0.3"):
+    for name in ("triplet-resnet50-joint", "triplet-resnet50-joint-v0.2", "triplet-resnet50-joint-v0.3",
+                 "triplet-resnet50-joint-v0.4"):
         assert f"`{name}`" in text
 
 
@@ -97,7 +98,7 @@ def test_model_card_follows_the_hub_template():
 
 def test_changelog_holds_every_release():
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    for version in ("v0.1", "v0.2", "v0.3"):
+    for version in ("v0.1", "v0.2", "v0.3", "v0.4"):
         assert f"## {version}" in text
     assert text.count("whether it was met") >= 3
 
