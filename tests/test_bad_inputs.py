@@ -441,10 +441,10 @@ def test_an_archive_that_cannot_be_written_is_rescued(make_wav, tiny_model_dir, 
     target = tmp_path / "all.npz"
     real_atomic_write = outputs.atomic_write
 
-    def disk_full_at_target(path, write, fsync=False):
+    def disk_full_at_target(path, write, fsync=False, **kwargs):
         if Path(path) == target:
             raise OSError(28, "No space left on device", str(path))
-        real_atomic_write(path, write, fsync)
+        real_atomic_write(path, write, fsync, **kwargs)
 
     monkeypatch.setattr(outputs, "atomic_write", disk_full_at_target)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "rescue"))
