@@ -250,6 +250,10 @@ def describe_read_failure(path: str, exc: Exception) -> str:
 _NATIVE_READS = {"PCM_16": ("int16", np.float32(2.0 ** -15)), "PCM_32": ("int32", np.float32(2.0 ** -31))}
 
 
+# Frames per libsndfile read of a FLAC file: damage loses at most this much of the audio before it.
+FLAC_READ_FRAMES = 4096
+
+
 class AudioSource:
     """An input opened for reading in blocks: a path (decoded by soundfile as it is read) or an
     in-memory array or tensor (downmixed once, then sliced). ``rate`` is its sample rate.
@@ -261,6 +265,10 @@ class AudioSource:
         self._file = None
         self._native = None  # (dtype, scale) of an integer read, or None: soundfile converts
         self._samples = None
+        self._frames_decoded = 0
+        # Why a FLAC stopped decoding after some audio, or None: as with a cut WAV, Ogg or MP3,
+        # the audio before the damage is kept (callers warn, or fail if strict).
+        self._decode_error = None
         self._path = None
         # Whether some channel held a nonzero sample: all-zero mono audio then means the
         # channels cancelled in the downmix (stereo in antiphase), not silence.
@@ -306,19 +314,15 @@ class AudioSource:
             for a in range(0, self._samples.size, step):
                 yield self._samples[a:a + step]
             return
-        while True:
+        while self._decode_error is None:
             try:
-                if self._native is None:
-                    data = self._file.read(frames, dtype="float32", always_2d=True)
-                else:
-                    dtype, scale = self._native
-                    data = self._file.read(frames, dtype=dtype, always_2d=True).astype(np.float32)
-                    data *= scale
+                data = self._read(frames)
             except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
                 raise AudioError(f"{self.name}: audio data is corrupt or truncated "
                                  f"({_libsndfile_reason(exc)})") from exc
             if data.shape[0] == 0:
                 return
+            self._frames_decoded += data.shape[0]
             mono = to_mono(data.T, name=self.name)
             if not self.channels_nonzero and data.shape[1] > 1 and not mono.any() and data.any():
                 self.channels_nonzero = True
@@ -326,11 +330,43 @@ class AudioSource:
             if frames < 0:
                 return
 
+    def _read(self, frames: int) -> np.ndarray:
+        if self._file.format != "FLAC":
+            return self._read_raw(frames)
+        # In small reads, so that damage loses at most one of them; a read that fails after some
+        # audio ends the stream there (blocks() keeps what came before, truncation() says why).
+        parts, got = [], 0
+        while frames < 0 or got < frames:
+            want = FLAC_READ_FRAMES if frames < 0 else min(FLAC_READ_FRAMES, frames - got)
+            try:
+                part = self._read_raw(want)
+            except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+                if not parts and self._frames_decoded == 0:
+                    raise
+                self._decode_error = _libsndfile_reason(exc)
+                break
+            if part.shape[0] == 0:
+                break
+            parts.append(part)
+            got += part.shape[0]
+        return np.concatenate(parts) if parts else np.zeros((0, self._file.channels), np.float32)
+
+    def _read_raw(self, frames: int) -> np.ndarray:
+        if self._native is None:
+            return self._file.read(frames, dtype="float32", always_2d=True)
+        dtype, scale = self._native
+        data = self._file.read(frames, dtype=dtype, always_2d=True).astype(np.float32)
+        data *= scale
+        return data
+
     def truncation(self, frames_read: int) -> str | None:
         """Why the file seems cut short (or, for Ogg, damaged), naming it, after ``frames_read``
         frames were read; or None. The audio that could be read is still embedded; callers warn (or, strict, fail)."""
         if self._file is None:
             return None
+        if self._decode_error is not None:
+            return (f"{self.name}: truncated or corrupt FLAC: decoding stopped after "
+                    f"{_seconds(frames_read, self.rate)} ({self._decode_error})")
         fmt = self._file.format
         if not self._file.seekable():
             return self._stream_truncation(frames_read)

@@ -209,3 +209,24 @@ def test_a_missing_bundled_weights_file_says_reinstall(monkeypatch, tmp_path):
     assert "not released" not in msg and "missing" in msg and "reinstall" in msg
     res = CliRunner().invoke(main, ["info", "--model", entry.name])
     assert res.exit_code == 1 and "reinstall" in res.stderr
+
+
+def test_a_cut_flac_keeps_the_audio_before_the_cut_as_wav_and_ogg_do(tmp_path, tiny_model_dir):
+    x = (0.1 * np.random.default_rng(1).standard_normal(16000 * 4)).astype(np.float32)
+    sf.write(tmp_path / "whole.flac", x, 16000)
+    data = (tmp_path / "whole.flac").read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[:len(data) // 2])
+    [message] = _warnings_of(cut)
+    assert message.startswith(f"{cut}: truncated or corrupt FLAC: decoding stopped after ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedAudioWarning)
+        part = load_waveform(cut).numpy()
+    assert 0.5 * 16000 < len(part) < 2 * 16000
+    np.testing.assert_allclose(part, x[:len(part)], atol=1e-4)  # the audio before the cut
+    report = extract.run([cut], tmp_path / "out.npy", model=tiny_model_dir)
+    assert not report.failures and (tmp_path / "out.npy").is_file()
+    strict = extract.run([cut], tmp_path / "strict.npy", model=tiny_model_dir, strict=True)
+    [reason] = strict.failures
+    assert "truncated or corrupt FLAC" in reason
+    assert _warnings_of(tmp_path / "whole.flac") == []
