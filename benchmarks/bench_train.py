@@ -64,7 +64,7 @@ def synthetic_cache(folder: Path, recordings: int = 40, frames: int = 3000) -> N
 
 
 CPU_TIME: dict[str, list[float]] = {}
-RELEASE_RECIPE = Path(__file__).resolve().parents[1] / "training" / "recipes" / "debian" / "joint_v03.toml"
+RELEASE_RECIPE = Path(__file__).resolve().parents[1] / "training" / "recipes" / "debian" / "joint_v04.toml"
 NEW_RECIPE = ('loss.kind="batch-all"', "loss.xbm_size=4096", "augment.enabled=true")
 
 
