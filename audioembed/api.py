@@ -289,9 +289,11 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         audio: a path, a numpy array or torch tensor (1-D, or 2-D ``(channels, samples)``, with
             ``sr``), or a list of paths or arrays. Channels are averaged to mono; any sample rate
             is resampled to 16 kHz.
-        sr: sample rate of array input (ignored for paths).
+        sr: sample rate of array input; given with only paths, it raises (a file's rate is
+            read from the file).
         model: a registry name, a model folder, ``hf-hub:org/repo[@rev]``, or a loaded model
-            (a torch module is put in eval mode, and moved to ``device`` when one is given).
+            (a torch module is used as it is when in eval mode and on ``device``; otherwise an eval-mode
+            copy on ``device`` is, and the caller's module is left unchanged).
             Default: the bundled release weights.
         hop: seconds between window starts (default 0.96: no overlap).
         batch_size: windows per forward pass; windows of many inputs share batches.
@@ -336,6 +338,10 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
     items = [audio] if single else list(audio)
     if not items:
         raise InvalidArgumentError("embed() got an empty list of inputs")
+    if sr is not None and all(isinstance(it, (str, os.PathLike)) for it in items):
+        # A file's rate comes from its header; an sr that would be ignored is a caller's mistake.
+        raise InvalidArgumentError(f"embed() got sr={sr!r} with file input: sr is the rate of array "
+                                   "input only (a file's rate is read from the file)")
     check_precision(precision, backend)  # before a model is loaded or exported
     net = with_precision(readout_network(resolve_backend(model, device, backend), layer),
                          precision, backend)

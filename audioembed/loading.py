@@ -1,6 +1,7 @@
 """``load_model``: a registry name, a local model folder, or ``hf-hub:org/repo[@revision]``."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -208,16 +209,32 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
 _MODEL_CACHE: dict[tuple[str, str], AudioResNet] = {}
 
 
+def _on_device(module: torch.nn.Module, device: str | torch.device | None) -> bool:
+    if device is None:
+        return True
+    want = torch.device(device)
+    return all(p.device.type == want.type and (want.index is None or p.device.index == want.index)
+               for p in module.parameters())
+
+
+def _inference_view(module: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
+    # Inference is deterministic only in eval mode: in training mode BatchNorm would use (and
+    # update) batch statistics, so results would depend on the batch. A module the caller is
+    # training must stay in training mode on its device, hence a copy rather than .eval()/.to().
+    if not any(m.training for m in module.modules()) and _on_device(module, device):
+        return module
+    view = copy.deepcopy(module).eval()
+    return view.to(device) if device is not None else view
+
+
 def cached_model(model: str | os.PathLike | AudioResNet | None, device: str | torch.device | None
                  ) -> AudioResNet:
     """A loaded model for ``model`` (name, folder, Hub name or instance); loads are cached per
     process, so ``embed()`` called in a loop loads its model once. An instance is returned
-    itself, put in eval mode and moved to ``device`` when one is given."""
+    itself when it is in eval mode and on ``device`` (or no device is given); otherwise an eval-mode
+    copy on ``device``, so the caller's module is never changed."""
     if isinstance(model, torch.nn.Module):
-        # Inference is deterministic only in eval mode: in training mode BatchNorm would use
-        # (and update) batch statistics, so results would depend on the batch (as encode() does).
-        model.eval()
-        return model.to(device) if device is not None else model
+        return _inference_view(model, device)
     key = (os.fspath(model) if model is not None else "", str(device or "cpu"))
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = load_model(model, device=device)

@@ -169,3 +169,29 @@ def test_a_model_in_training_mode_is_used_in_eval_mode():
     b = embed(x, 16000, model=model, batch_size=5)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training, "embed() must leave the caller's module in training mode"
+
+
+def test_the_callers_module_keeps_its_mode_and_an_eval_module_is_used_as_it_is(clips):
+    from audioembed.loading import cached_model
+
+    training = tiny_model(5).train()
+    view = cached_model(training, "cpu")
+    assert training.training and not view.training and view is not training
+    evaluating = tiny_model(5).eval()
+    assert cached_model(evaluating, "cpu") is evaluating and cached_model(evaluating, None) is evaluating
+    np.testing.assert_allclose(embed(clips[1], sr=SR, model=training),
+                               embed(clips[1], sr=SR, model=evaluating), atol=1e-6)
+
+
+def test_sr_with_only_file_input_raises(clips, tmp_path):
+    from audioembed.errors import InvalidArgumentError
+
+    path = tmp_path / "c.wav"
+    sf.write(path, clips[1], SR, subtype="FLOAT")
+    with pytest.raises(InvalidArgumentError, match="sr=16000 with file input"):
+        embed(path, sr=SR, model=tiny_model(3))
+    with pytest.raises(InvalidArgumentError, match="file input"):
+        embed([path, str(path)], sr=SR, model=tiny_model(3))
+    mixed = embed([path, clips[1]], sr=SR, model=tiny_model(3))  # sr is the array's rate
+    np.testing.assert_allclose(mixed[0], mixed[1], atol=1e-5)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -29,11 +30,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: the training package lives at the repository root
+
+from audioembed.outputs import atomic_write  # noqa: E402
 RESULTS = HERE / "results"
 WORK = Path("~/.cache/audioembed/adapt-measure").expanduser()
 DATASETS = ("fsdd", "debian-sfx")
 OTHER = {"fsdd": "debian-sfx", "debian-sfx": "fsdd"}
 BASE = "triplet-resnet50-joint"
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def _parts(dataset: str) -> tuple[list[str], object]:
@@ -48,12 +57,9 @@ def _parts(dataset: str) -> tuple[list[str], object]:
     adapt_paths = [p for p, g in zip(ds.paths, ds.groups) if g in heard]
     manifest = WORK / "fsdd-split-eval.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "labels", "group"])
-        for p, labels, g in zip(ds.paths, ds.labels, ds.groups):
-            if g not in heard:
-                w.writerow([p, ";".join(labels), g])
+    rows = [["path", "labels", "group"]] + [[p, ";".join(labels), g]
+                                            for p, labels, g in zip(ds.paths, ds.labels, ds.groups) if g not in heard]
+    _write_csv(manifest, rows)
     return adapt_paths, str(manifest)
 
 
@@ -66,10 +72,7 @@ def _adapt_source(dataset: str, protocol: str, name: str) -> tuple[str, str]:
         paths, target = _parts(dataset)
     manifest = WORK / f"{name}-audio.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path"])
-        w.writerows([p] for p in paths)
+    _write_csv(manifest, [["path"]] + [[p] for p in paths])
     return str(manifest), target
 
 
@@ -114,7 +117,8 @@ def measure(dataset: str, protocol: str, triplets: int) -> dict:
         "machine": machine_info(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(result, indent=1) + "\n")
+    text = json.dumps(result, indent=1) + "\n"
+    atomic_write(record, lambda f: f.write(text.encode("utf-8")))
     return result
 
 
