@@ -32,6 +32,8 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: the training package lives at the repository root
 
 from audioembed.outputs import atomic_write  # noqa: E402
+from training.adapt import DEFAULT_TRIPLETS  # noqa: E402  (adapt's own default budget)
+
 RESULTS = HERE / "results"
 WORK = Path("~/.cache/audioembed/adapt-measure").expanduser()
 DATASETS = ("fsdd", "debian-sfx")
@@ -45,8 +47,8 @@ def _write_csv(path: Path, rows: list[list[str]]) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
-def _parts(dataset: str) -> tuple[list[str], object]:
-    """(paths to adapt on, dataset spec or LabeledDataset to evaluate) of the split protocol."""
+def _parts(dataset: str) -> tuple[list[str], str]:
+    """(paths to adapt on, ``--dataset`` spec to evaluate on) of the split protocol."""
     from training.evaluation.datasets import load_dataset
 
     if dataset == "debian-sfx":
@@ -107,8 +109,7 @@ def measure(dataset: str, protocol: str, triplets: int) -> dict:
     rates = [r["triplets_per_s"] for r in log if "triplets_per_s" in r]
     result = {
         "dataset": dataset, "protocol": protocol, "triplets": triplets, "base_model": BASE,
-        "evaluated_on": {("target" if role == "target" else "other"): Path(ds).stem
-                         for ds, role in evaluated.items()},
+        "evaluated_on": {role: Path(ds).stem for ds, role in evaluated.items()},
         "qbe_before": {role: before[ds] for ds, role in evaluated.items()},
         "qbe_after": {role: after[ds] for ds, role in evaluated.items()},
         "adapt_wall_s": round(seconds, 1),
@@ -140,7 +141,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dataset", nargs="?", choices=DATASETS)
     p.add_argument("protocol", nargs="?", choices=("transductive", "split"))
-    p.add_argument("--triplets", type=int, default=12000)
+    p.add_argument("--triplets", type=int, default=DEFAULT_TRIPLETS)
     p.add_argument("--table", action="store_true", help="print the Markdown table of results/")
     args = p.parse_args()
     if args.table:
