@@ -47,9 +47,11 @@ from training.feature_cache import META_NAME, FeatureCache, build_cache, read_ma
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "debian" / "joint_v04.toml"
 DEFAULT_TRIPLETS = 12_000
-# ResNet-50 training with bf16 on 2 CPU cores (training/README.md, Throughput): what --minutes
-# plans the learning-rate curve for.
-CPU_TRIPLETS_PER_S = 45
+# --minutes plans the learning-rate curve at this machine's rate, from a few timed steps of the
+# network before training: machines differ by far more than any constant would allow (2-core
+# CPUs alone measured 12 to 46 triplets/s). The trainer's loop kept 0.93-0.97 of the bare step's
+# rate (training/README.md, Throughput), hence the share.
+RATE_STEPS, LOOP_SHARE = 2, 0.9
 # Below this there is too little to draw negatives from (never the anchor's own recording) and
 # too little audio for a budget's worth of distinct windows.
 MIN_RECORDINGS = 10
@@ -79,9 +81,10 @@ class AdaptResult:
     main: bool = True  # False in torchrun's other processes, which export nothing
 
 
-def plan_triplets(triplets: int | None, minutes: float | None) -> int:
+def plan_triplets(triplets: int | None, minutes: float | None,
+                  rate: Callable[[], float] | None = None) -> int:
     """The triplets the learning-rate plan spans: ``triplets``, else what ``minutes`` gives at
-    the CPU rate, else the default."""
+    ``rate()`` triplets/s (called only then), else the default."""
     if triplets is not None:
         if triplets < 1:
             raise AdaptError(f"--triplets must be at least 1, got {triplets}")
@@ -89,8 +92,62 @@ def plan_triplets(triplets: int | None, minutes: float | None) -> int:
     if minutes is not None:
         if not minutes > 0:
             raise AdaptError(f"--minutes must be positive, got {minutes}")
-        return max(1, int(minutes * 60 * CPU_TRIPLETS_PER_S))
+        if rate is None:
+            raise AdaptError("a --minutes budget needs the machine's measured rate")
+        return max(1, int(minutes * 60 * rate()))
     return DEFAULT_TRIPLETS
+
+
+def measured_rate(config, ctx) -> float:
+    """Triplets/s that training ``config`` can keep on this machine, over all processes: the
+    bare forward, backward and Adam step of a copy of its network on a random batch, as the
+    trainer runs it (device, thread count, channels-last, bf16 when the trainer uses it), times
+    ``LOOP_SHARE``."""
+    import torch
+
+    from training.trainer import _threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_threads(config, ctx))  # the trainer's count; the caller's comes back
+    try:
+        seconds = _seconds_per_step(config, ctx.device)
+    finally:
+        torch.set_num_threads(threads)
+    rate = torch.tensor(config.batch_size / seconds, dtype=torch.float64, device=ctx.device)
+    # Every process plans the same: the sum of the ranks' rates.
+    return float(distributed.all_reduce_sum(rate, ctx)) * LOOP_SHARE
+
+
+def _seconds_per_step(config, device) -> float:
+    import time
+    from contextlib import nullcontext
+
+    import torch
+
+    from audioembed import frontend
+    from audioembed.model import AudioResNet
+    from training.trainer import use_bf16
+
+    net = AudioResNet(config.model).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    x = torch.randn(3 * config.batch_size, 1, frontend.WINDOW_FRAMES, frontend.N_MELS,
+                    device=device).contiguous(memory_format=torch.channels_last)
+    bf16 = use_bf16(config, device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = net(x).float().square().sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()  # the first step allocates and picks kernels
+    t0 = time.perf_counter()
+    for _ in range(RATE_STEPS):
+        step()
+    return (time.perf_counter() - t0) / RATE_STEPS
 
 
 def recipe_config(cache: str | os.PathLike, base: str, base_model: dict, planned: int,
@@ -181,13 +238,18 @@ def _request(audio: str, base: str | None, cache: str | None, triplets: int | No
              "base": _base_spec(base) if base is not None else None,
              "cache": str(Path(cache).resolve()) if cache is not None else None,
              "overrides": list(overrides) or None}
+    if minutes is not None and not minutes > 0:
+        raise AdaptError(f"--minutes must be positive, got {minutes}")
+    # A minutes-only plan is measured once, when training starts (None until then).
+    planned = plan_triplets(triplets, None) if triplets is not None or minutes is None else None
+    if triplets is not None:
+        given["planned"] = planned
     if triplets is not None or minutes is not None:
-        given.update(planned=plan_triplets(triplets, minutes), minutes=minutes)
+        given["minutes"] = minutes
     if started is None:
         return {"audio": given["audio"], "base": given["base"] or _base_spec(None),
                 "cache": given["cache"] or str((out / CACHE_DIR).resolve()),
-                "overrides": given["overrides"] or [], "planned": plan_triplets(triplets, minutes),
-                "minutes": minutes}
+                "overrides": given["overrides"] or [], "planned": planned, "minutes": minutes}
     for key, value in given.items():
         if (value is not None or key == "minutes") and value != started[key]:
             raise AdaptError(f"{out} was started with {key} {started[key]!r}, not {value!r}: rerun "
@@ -249,15 +311,18 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
 
     base_model = load_model(request["base"])
     base_sha256 = base_model.info.get("sha256")
-    config = recipe_config(request["cache"], request["base"], base_model.config.to_dict(),
-                           request["planned"], request["overrides"])
+    network = base_model.config.to_dict()
     del base_model
-    ctx = distributed.setup(config.device)
+
+    def configured(planned: int):
+        return recipe_config(request["cache"], request["base"], network, planned, request["overrides"])
+
+    ctx = distributed.setup(configured(request["planned"] or DEFAULT_TRIPLETS).device)
     failures: list[str] = []
     error = None
     if ctx.is_main:
         try:
-            failures = _prepare(audio, request, run, state, jobs, progress, echo)
+            failures = _prepare(audio, request, run, jobs, progress, echo)
         except AudioembedError as exc:
             error = exc
     # The other processes wait for the cache; if it failed, every process stops.
@@ -266,6 +331,15 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
         if error is not None:
             raise error
         raise AdaptError("the main process could not prepare the run")
+    if request["planned"] is None:
+        rate = measured_rate(configured(DEFAULT_TRIPLETS), ctx)
+        request = dict(request, planned=plan_triplets(None, request["minutes"], lambda: rate))
+        echo(f"planning {request['planned']:,} triplets for {request['minutes']:g} minutes at the "
+             f"{rate:.1f} triplets/s measured here")
+    if state is None and ctx.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(run / STATE_NAME, {"request": request, "finished": False})
+    config = configured(request["planned"])
     ckpt_path = run / CHECKPOINT_NAME
     bar, hook = _progress_bar(request["planned"]) if progress and ctx.is_main else (None, None)
     try:
@@ -286,10 +360,9 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
     return outcome
 
 
-def _prepare(audio: str, request: dict, run: Path, state: dict | None, jobs: int, progress: bool,
-             echo) -> list[str]:
-    """Cache the audio (unless a resumed run's cache is complete) and record the request;
-    returns the files that could not be read."""
+def _prepare(audio: str, request: dict, run: Path, jobs: int, progress: bool, echo) -> list[str]:
+    """Cache the audio (unless a resumed run's cache is complete); returns the files that could
+    not be read."""
     cache = Path(request["cache"])
     meta = _read_json(cache / META_NAME) or {}
     failures: list[str] = []
@@ -303,9 +376,6 @@ def _prepare(audio: str, request: dict, run: Path, state: dict | None, jobs: int
         echo(f"cached {report.added} files ({report.skipped} already cached, "
              f"{len(failures)} unreadable) in {cache}")
     check_enough_audio(FeatureCache(cache), audio)
-    if state is None:
-        run.mkdir(parents=True, exist_ok=True)
-        _write_json(run / STATE_NAME, {"request": request, "finished": False})
     return failures
 
 

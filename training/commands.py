@@ -128,11 +128,11 @@ def export(checkpoint, outdir, name, repo_id):
               help="Model to start from: a registry name, a model folder or hf-hub:org/repo "
                    "(default: the bundled default model).")
 @click.option("--triplets", type=click.IntRange(min=1), default=None,
-              help="Budget in triplets (default 12,000: about 5 minutes at ~45 triplets/s on 2 CPU "
-                   "cores with bf16, about twice that without bf16).")
+              help="Budget in triplets (default 12,000: 4-16 minutes on 2 CPU cores with bf16, "
+                   "by CPU; see training/README.md).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Budget in minutes of training; the learning-rate plan assumes ~45 triplets/s, "
-                   "so where training runs faster (a GPU) give --triplets instead.")
+              help="Budget in minutes of training; the learning-rate plan spans what this "
+                   "machine's rate, measured in a few steps before training, fits in them.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder (default: MODEL_DIR/cache).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
