@@ -140,19 +140,19 @@ def test_scratch_resumes_from_its_stored_trials(finished, monkeypatch):
     stored = sorted((exp.runs / "scratch").glob("scratch-*-trial*.json"))
     assert len(stored) == 2  # one per trial of the one dataset
     before = json.loads((tmp / "results/toy/scratch.json").read_text())["results"]
-    from training.experiments import scratch as scratch_mod
+    from training.experiments import supervised_baseline
 
     def no_training(*a, **k):
         raise AssertionError("a stored trial was trained again")
-    monkeypatch.setattr(scratch_mod, "train_and_score", no_training)
-    again = scratch_mod.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
+    monkeypatch.setattr(supervised_baseline, "train_and_score", no_training)
+    again = supervised_baseline.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
     assert json.loads(json.dumps(again)) == before  # as the arm JSON stores it
     # A stored trial made with other clips or settings is not reused.
     kept = json.loads(stored[0].read_text())
     kept["key"]["seed"] += 1
     stored[0].write_text(json.dumps(kept))
     with pytest.raises(AssertionError, match="trained again"):
-        scratch_mod.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
+        supervised_baseline.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
 
 
 def test_figures_are_drawn_from_the_results(finished):

@@ -38,7 +38,7 @@ topline), ``model`` (evaluate arms), ``sweep`` (Table 1: ``{param = "S", value =
 ``note`` (shown under the table), ``paper`` (the paper's AudioSet numbers for the side column:
 ``{qbe = ..., clf1 = ..., clf2 = ..., light = ...}``), ``extra_light_layers`` (light supervision
 also with these hidden-layer counts, e.g. ``[4]`` for the 4x512 log-mel net of Table 3),
-``scratch`` (options of :mod:`.scratch`).
+``scratch`` (options of :mod:`.supervised_baseline`).
 """
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ def run_arm(exp: Experiment, arm: Arm, log: Callable[[str], None] = print) -> di
     if arm.kind == "train":
         record["train"] = _train(exp, arm, run_dir, log)
     if arm.kind == "scratch":
-        from training.experiments.scratch import run_scratch
+        from training.experiments.supervised_baseline import run_scratch
 
         record["results"] = run_scratch(exp, arm, run_dir, log)
     else:
