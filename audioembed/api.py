@@ -15,7 +15,7 @@ from audioembed.audio_io import AudioError, SilentAudioWarning, TruncatedAudioWa
 from audioembed.backends import resolve_backend
 from audioembed.errors import InvalidArgumentError
 from audioembed.model import AudioResNet
-from audioembed.pipeline import ordered_chunks
+from audioembed.prefetch import ordered_chunks
 from audioembed.precision import check_precision, with_precision
 from audioembed.streaming import FeatureChunk, input_chunks
 

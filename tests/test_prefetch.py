@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from audioembed import SilentAudioWarning, api, embed, pipeline, streaming
+from audioembed import SilentAudioWarning, api, embed, prefetch, streaming
 from audioembed.cli import main
 from audioembed.streaming import FeatureChunk
 from helpers_hub import tiny_model
@@ -98,7 +98,7 @@ def test_a_worker_error_is_raised_in_order():
     produced: list = []
     got = []
     with pytest.raises(RuntimeError, match="bug while reading input 3"):
-        for chunk in pipeline.ordered_chunks(range(6), _fake_chunks(produced, fail_at=3), workers=2):
+        for chunk in prefetch.ordered_chunks(range(6), _fake_chunks(produced, fail_at=3), workers=2):
             got.append(chunk.index)
     assert got == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
@@ -113,7 +113,7 @@ def _blocked_on_a_full_queue(thread: threading.Thread) -> bool:
     while frame is not None:
         put = frame.f_back
         if frame.f_code is threading.Condition.wait.__code__ and put is not None \
-                and put.f_code is pipeline._Channel.put.__code__:
+                and put.f_code is prefetch._Channel.put.__code__:
             channel, size = put.f_locals["self"], put.f_locals["size"]
             return channel._held + size > channel._budget
         frame = put
@@ -123,7 +123,7 @@ def _blocked_on_a_full_queue(thread: threading.Thread) -> bool:
 def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does():
     produced: list = []
     earlier = set(threading.enumerate())
-    stream = pipeline.worker_chunks(100, _fake_chunks(produced), workers=2, ahead_windows=8)
+    stream = prefetch.worker_chunks(100, _fake_chunks(produced), workers=2, ahead_windows=8)
     assert next(stream).index == 0
     workers = [t for t in threading.enumerate() if t not in earlier]
     assert len(workers) == 2
