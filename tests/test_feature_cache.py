@@ -135,7 +135,7 @@ def test_manifest_forms(tmp_path, corpus):
 def test_cache_command(tmp_path, corpus):
     from click.testing import CliRunner
 
-    from training.commands import cache
+    from training.cli import cache
 
     audio, manifest = corpus
     res = CliRunner().invoke(cache, ["--manifest", str(manifest), "--root", str(audio),
