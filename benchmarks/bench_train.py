@@ -49,7 +49,8 @@ from training.feature_cache import CacheWriter  # noqa: E402
 from training.losses import TripletLoss  # noqa: E402
 from training.samplers import DEFAULT_JOINT  # noqa: E402
 from training.config import from_dict  # noqa: E402
-from training.trainer import StepBatches, batch_stream, bf16_enabled, train_step  # noqa: E402
+from training.machine import bf16_enabled  # noqa: E402
+from training.trainer import StepBatches, batch_stream, train_step  # noqa: E402
 from real_loop import run_real  # noqa: E402
 from common import cpu_flags, interleaved_times  # noqa: E402
 

@@ -1,5 +1,6 @@
 """What a measurement ran on: the CPU and the features that change training and inference
-speed (wide vectors, bf16, int8), for benchmark lines and experiment records."""
+speed (wide vectors, bf16, int8), for benchmark lines and experiment records; and whether this
+hardware runs bf16 natively (:func:`bf16_enabled`, for the trainer and the experiments)."""
 from __future__ import annotations
 
 import os
@@ -38,3 +39,15 @@ def machine_info() -> dict:
     return {"cpu": model, "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version()}
+
+
+def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: ``setting`` when true or false; for ``"auto"``, where the
+    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see docs/benchmarks.md)."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))

@@ -42,6 +42,7 @@ from training.checkpoint import (CHECKPOINT_NAME, RunState, git_commit, load_che
 from training.config import ConfigError, TrainConfig
 from training.dev_tracking import DevQbE
 from training.feature_cache import FeatureCache
+from training.machine import bf16_enabled
 from training.augment import Augment
 from training.losses import NTXentLoss, TripletLoss
 from training.negatives import NegativePool
@@ -284,20 +285,9 @@ def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
 
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
-    """Whether a run autocasts to bf16 (its ``[runtime] bf16``, see :func:`bf16_enabled`)."""
+    """Whether a run autocasts to bf16 (its ``[runtime] bf16``, see
+    :func:`training.machine.bf16_enabled`)."""
     return bf16_enabled(config.bf16, device)
-
-
-def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
-    """Whether to autocast to bf16: ``setting`` when true or false; for ``"auto"``, where the
-    hardware computes it natively (CUDA; CPUs with AVX512-BF16 or AMX: see docs/benchmarks.md)."""
-    if setting != "auto":
-        return bool(setting)
-    if device.type == "cuda":
-        return True
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
 
 
 def _truncate_log(path: Path, step: int) -> None:

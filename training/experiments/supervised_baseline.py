@@ -25,7 +25,7 @@ from audioembed.model import AudioResNet, ModelConfig
 from audioembed.outputs import atomic_write
 from training.evaluation.classifiers import light_split
 from training.evaluation.metrics import classifier_scores, segment_means
-from training.trainer import bf16_enabled
+from training.machine import bf16_enabled
 
 _OPTIONS = {"steps", "batch_size", "lr", "layers", "base_width", "bf16"}
 
