@@ -126,8 +126,8 @@ def measure(dataset: str, protocol: str, triplets: int) -> dict:
 def table() -> str:
     rows = ["| adapted on | protocol | triplets | QbE there, before → after | other set, before → after | adapt time | host |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for path in sorted(RESULTS.glob("*.json")):
-        r = json.loads(path.read_text())
+    records = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+    for r in sorted(records, key=lambda r: (r["dataset"], r["protocol"] != "transductive", r["triplets"])):
         b, a = r["qbe_before"], r["qbe_after"]
         m = r["machine"]
         rows.append(f"| {r['dataset']} | {r['protocol']} ({r['evaluated_on']['target']}) | "
