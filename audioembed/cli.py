@@ -1,6 +1,8 @@
 """The ``audioembed`` command: ``extract``, ``merge``, ``info``, ``export-onnx``, ``index``,
-``search`` and ``classify`` (docs/cli.md). A thin click layer over ``extract.run``, ``search``
-and ``classify``.
+``search`` and ``classify`` (``fit``, ``predict``) (docs/cli.md). A thin click layer over
+``extract.run`` (``extract`` and ``index``), ``shards`` (``merge``), ``loading`` (``info``),
+``onnx_backend`` and ``quantize`` (``export-onnx``), ``search`` and ``classify``. Options that
+several commands take are defined once (``*_OPTION``).
 
 Only click is imported up front: torch takes seconds and hundreds of MB to import, which
 ``--help`` and ``--version`` do not need. Each command imports what it uses.

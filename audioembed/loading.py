@@ -209,8 +209,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
         model.info["source"] = f"registry:{entry.name}"
         return model
     if spec.kind == ONNX:
-        raise ModelFormatError(f"{spec.name}: an ONNX file runs with backend=\"onnx\" "
-                               "(embed(..., backend=\"onnx\"), --backend onnx), not as a torch model")
+        raise ModelFormatError(f"{spec.name}: an ONNX file runs with onnxruntime (embed(model=...) "
+                               "and --model pick backend \"onnx\" for it), not as a torch model")
     model = load_model_folder(spec.path, device=device)
     model.info["source"] = str(spec.path.resolve())
     return model

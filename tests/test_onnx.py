@@ -105,8 +105,6 @@ def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, t
             np.testing.assert_array_equal(got["timestamps"], want["timestamps"])
             assert np.abs(got["window_embeddings"] - want["window_embeddings"]).max() <= TOL
             assert np.abs(got["embeddings"] - want["embeddings"]).max() <= TOL
-    res = cli("extract", clips[0], "-o", tmp_path / "x.npy", "--model", exported)
-    assert res.exit_code == 2 and "--backend onnx" in res.output
 
 
 def test_default_workers_leave_two_cores_to_a_torch_cpu_network(monkeypatch):
