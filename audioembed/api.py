@@ -324,8 +324,8 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
-        embedding is the mean of the window embeddings, re-normalised to unit L2 norm. With
-        ``windows=True``, an :class:`Embeddings` tuple.
+        embedding is the mean of the window embeddings, re-normalised to unit L2 norm (with
+        ``layer="pooled"``, see ``layer``). With ``windows=True``, an :class:`Embeddings` tuple.
 
     Raises:
         AudioError: an input cannot be read, is empty, has non-finite samples or samples so
