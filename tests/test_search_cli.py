@@ -86,15 +86,10 @@ def test_index_takes_extracts_options_and_passes_them_through(tmp_path, tiny_mod
     assert res.exit_code == 2 and not (tmp_path / "bad.npz").exists()
 
 
-def test_index_takes_extracts_options_and_passes_them_on(tmp_path, monkeypatch):
+def test_index_hands_extracts_options_and_defaults_to_extract_run(tmp_path, monkeypatch):
     from audioembed import extract
     from audioembed.extract import RunReport
 
-    def params(name):
-        return {p.name: p.to_info_dict() for p in main.commands[name].params}
-
-    for name in ("backend", "device", "batch_size", "workers", "layer"):  # one definition each
-        assert params("index")[name] == params("extract")[name], name
     seen = []
 
     def fake_run(inputs, output, **kwargs):
@@ -116,21 +111,3 @@ def test_index_takes_extracts_options_and_passes_them_on(tmp_path, monkeypatch):
     assert (got["device"], got["batch_size"], got["workers"], got["layer"], got["backend"]) == \
         (None, 64, None, "embedding", None)
 
-
-def test_a_pooled_index_is_searched_with_the_pooled_layer(tmp_path, tiny_model_dir):
-    _clips(tmp_path / "db")
-    runner = CliRunner()
-    idx = str(tmp_path / "idx.npz")
-    res = runner.invoke(main, ["index", str(tmp_path / "db"), "-o", idx, "--model", str(tiny_model_dir),
-                               "--layer", "pooled", "--batch-size", "3", "--workers", "1", "-q"])
-    assert res.exit_code == 0, res.output
-    width = np.load(idx)["embeddings"].shape[1]
-    assert width > 128  # mean and max of the pooled features
-    query = str(tmp_path / "db" / "tone_a.wav")
-    res = runner.invoke(main, ["search", query, idx, "-k", "1", "--model", str(tiny_model_dir),
-                               "--layer", "pooled", "--json"])
-    assert res.exit_code == 0, res.output
-    [hit] = json.loads(res.output)["results"]
-    assert hit["name"].endswith("tone_a.wav") and hit["score"] > 0.999 and hit["rank"] == 1
-    res = runner.invoke(main, ["search", query, idx, "--model", str(tiny_model_dir)])
-    assert res.exit_code == 2 and "--layer" in res.output  # a 128-d query against a pooled index
