@@ -12,7 +12,7 @@ import torch
 
 from audioembed import frontend
 from audioembed.audio_io import AudioError, SilentAudioWarning, TruncatedAudioWarning, silence_message
-from audioembed.backends import resolve_backend
+from audioembed.backends import choose_backend, default_workers, resolve_backend
 from audioembed.errors import InvalidArgumentError
 from audioembed.model import AudioResNet
 from audioembed.prefetch import ordered_chunks
@@ -130,7 +130,7 @@ def iter_features(items: Iterable, sr: int | None, hop_seconds: float, workers: 
 
     Files are read in blocks (see ``audioembed.streaming``), so a long file is never held whole;
     a bad input gives a chunk holding its AudioError and the others go on. ``workers`` threads
-    compute them ahead of the caller (``audioembed.pipeline``); the chunks are the same.
+    compute them ahead of the caller (``audioembed.prefetch``); the chunks are the same.
     """
     hop_frames = frontend.hop_frames(hop_seconds)
     items = list(items)
@@ -281,7 +281,7 @@ def _is_single(audio) -> bool:
 def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNet | None = None,
           hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
           device: str | torch.device | None = None, windows: bool = False, progress: bool = False,
-          backend: str = "torch", workers: int = 0, layer: str = "embedding",
+          backend: str | None = None, workers: int | None = None, layer: str = "embedding",
           precision: str = "auto"):
     """Embed audio with the paper's frontend and network.
 
@@ -291,10 +291,12 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
             is resampled to 16 kHz.
         sr: sample rate of array input; given with only paths, it raises (a file's rate is
             read from the file).
-        model: a registry name, a model folder, ``hf-hub:org/repo[@rev]``, or a loaded model
-            (a torch module is used as it is when in eval mode and on ``device``; otherwise an eval-mode
-            copy on ``device`` is, and the caller's module is left unchanged).
-            Default: the bundled release weights.
+        model: a registry name, a model folder, ``hf-hub:org/repo[@rev]`` (the Hub branch,
+            tag or commit goes after ``@``, as with ``--model``; the same as
+            ``load_model("hf-hub:org/repo", revision=rev)``), an ``.onnx`` file (run by
+            onnxruntime: see ``backend``), or a loaded model (a torch module is used as it is
+            when in eval mode and on ``device``; otherwise an eval-mode copy on ``device`` is,
+            and the caller's module is left unchanged). Default: the bundled release weights.
         hop: seconds between window starts (default 0.96: no overlap).
         batch_size: windows per forward pass; windows of many inputs share batches.
         device: where the model runs (default CPU).
@@ -303,14 +305,18 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         backend: ``"torch"``, ``"onnx"`` to run the network with onnxruntime (CPU; needs
             ``pip install 'audioembed[onnx]'``), or ``"onnx-int8"`` for onnxruntime with the
             network statically quantized to int8. With the onnx backends, ``model`` may also be
-            an ``.onnx`` file from ``audioembed export-onnx`` (``--int8`` for ``"onnx-int8"``);
-            any other model is exported (and quantized) in memory once per process.
+            an ``.onnx`` file from ``audioembed export-onnx`` (for ``"onnx-int8"`` a quantized
+            one, ``--int8``: another raises); any other model is exported (and quantized) in
+            memory once per process. Default (None): ``"onnx"`` for an ``.onnx`` file, else
+            ``"torch"``; ``"torch"`` with an ``.onnx`` file raises.
         workers: threads that read and analyse inputs while the network runs (0: none).
+            Default (None): as ``audioembed extract``, one, or none for a torch network on the
+            CPU of a machine with two cores or fewer (:func:`audioembed.backends.default_workers`).
             Results do not depend on it.
         layer: ``"embedding"`` (the paper's 128-d output) or ``"pooled"``: the 2048-d globally
             pooled features before the embedding layer, per window; a segment is then their
-            mean and max concatenated (4096-d), not normalised (for linear probes). Needs a torch
-            model, or an ONNX file exported with ``export-onnx --pooled``.
+            mean and max concatenated (4096-d), not normalised (for linear probes). Every
+            backend gives it; an ``.onnx`` file must have been exported with ``--pooled``.
         precision: how the torch network computes: ``"auto"`` (bf16 on a CUDA GPU with bf16,
             fp32 elsewhere), ``"fp32"``, or ``"bf16"``: autocast of the network (the frontend
             stays fp32), on CUDA or a CPU with AVX512-BF16 or AMX; cosine >= 0.999 to fp32.
@@ -318,13 +324,15 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
 
     Returns:
         One input: a ``(D,)`` float32 array; a list: ``(N, D)``, row i for input i. The segment
-        embedding is the mean of the window embeddings, re-normalised to unit L2 norm. With
-        ``windows=True``, an :class:`Embeddings` tuple.
+        embedding is the mean of the window embeddings, re-normalised to unit L2 norm (with
+        ``layer="pooled"``, see ``layer``). With ``windows=True``, an :class:`Embeddings` tuple.
 
     Raises:
         AudioError: an input cannot be read, is empty, has non-finite samples or samples so
             large that its embedding is not finite (the message names it).
-        InvalidArgumentError: a bad argument, e.g. ``precision="bf16"`` where it cannot run.
+        InvalidArgumentError: a bad argument, e.g. ``precision="bf16"`` where it cannot run,
+            ``backend="torch"`` with an ``.onnx`` file, or ``backend="onnx-int8"`` with an
+            ``.onnx`` file that is not quantized.
 
     Warns:
         SilentAudioWarning: an input is all zeros. TruncatedAudioWarning: a file holds less
@@ -342,9 +350,12 @@ def embed(audio, sr: int | None = None, *, model: str | os.PathLike | AudioResNe
         # A file's rate comes from its header; an sr that would be ignored is a caller's mistake.
         raise InvalidArgumentError(f"embed() got sr={sr!r} with file input: sr is the rate of array "
                                    "input only (a file's rate is read from the file)")
+    backend = choose_backend(model, backend)
     check_precision(precision, backend)  # before a model is loaded or exported
-    net = with_precision(readout_network(resolve_backend(model, device, backend), layer),
-                         precision, backend)
+    net = resolve_backend(model, device, backend, pooled=layer == "pooled")
+    net = with_precision(readout_network(net, layer), precision, backend)
+    if workers is None:
+        workers = default_workers(device, backend)
     feats = iter_features(items, sr, hop, workers)
     results = iter_embeddings(feats, net, batch_size, layer)
     if progress:

@@ -38,10 +38,10 @@ from safetensors.torch import load as load_safetensors, save as save_safetensors
 
 from audioembed import __version__, api, frontend
 from audioembed.audio_io import silence_message
+from audioembed.backends import default_workers
 from audioembed.errors import AudioembedError, InvalidArgumentError
 from audioembed.extract import (MODEL_LOAD_ERRORS, Progress, RunReport, UsageError, audio_seconds,
-                                check_writable, default_workers, expand_inputs, load_model_for_cli,
-                                skipped_note)
+                                check_writable, expand_inputs, load_model_for_cli, skipped_note)
 from audioembed.loading import FOLDER, cached_model, parse_model_spec
 from audioembed.mlp import MLPConfig, capped_windows, mlp_network, train_mlp, window_probabilities
 from audioembed.outputs import atomic_write

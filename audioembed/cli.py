@@ -1,6 +1,8 @@
 """The ``audioembed`` command: ``extract``, ``merge``, ``info``, ``export-onnx``, ``index``,
-``search`` and ``classify`` (docs/cli.md). A thin click layer over ``extract.run``, ``search``
-and ``classify``.
+``search`` and ``classify`` (``fit``, ``predict``) (docs/cli.md). A thin click layer over
+``extract.run`` (``extract`` and ``index``), ``shards`` (``merge``), ``loading`` (``info``),
+``onnx_backend`` and ``quantize`` (``export-onnx``), ``search`` and ``classify``. Options that
+several commands take are defined once (``*_OPTION``).
 
 Only click is imported up front: torch takes seconds and hundreds of MB to import, which
 ``--help`` and ``--version`` do not need. Each command imports what it uses.
@@ -31,7 +33,33 @@ EXIT_SIGINT = 128 + signal.SIGINT  # 130
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 MODEL_HELP = ("Registry name, model folder (config.json + model.safetensors) or "
-              "hf-hub:org/repo[@revision]. Default: the registry's default model.")
+              "hf-hub:org/repo[@revision] (a Hub branch, tag or commit goes after @). "
+              "Default: the registry's default model.")
+
+# Options that several commands take, defined once: each decorator makes a new click.Option
+# for the command it is applied to.
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+    help="Windows per forward pass (at most 256, to bound memory); windows of many files share "
+         "batches.")
+DEVICE_OPTION = click.option("--device", default=None,
+                             help="torch device, e.g. cpu, cuda, cuda:1. Default: cpu.")
+WORKERS_OPTION = click.option(
+    "--workers", type=click.IntRange(min=0), default=None,
+    help="Threads that decode and analyse files while the network runs (0: none). Default: 1, "
+         "or 0 for a torch network on the CPU of a machine with <= 2 cores. Outputs do not "
+         "depend on it.")
+BACKEND_OPTION = click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None,
+    help="Run the network with torch, or with onnxruntime (CPU; pip install 'audioembed[onnx]'; "
+         "faster on the CPUs we measured, see docs/benchmarks.md); onnx-int8 runs it quantized. "
+         "--model may then also be an .onnx file from export-onnx (onnx-int8: one exported with "
+         "--int8). Default: onnx for an .onnx --model, torch otherwise.")
+LAYER_OPTION = click.option(
+    "--layer", type=click.Choice(("embedding", "pooled")), default="embedding", show_default=True,
+    help="embedding: the 128-d unit-norm output. pooled: the 2048-d pooled features per window, "
+         "and their mean and max (4096-d, not normalised) per input (every backend; an .onnx "
+         "--model must have been exported with --pooled).")
 
 
 class _Commands(click.Group):
@@ -63,10 +91,8 @@ def main() -> None:
               help="Also write per-window embeddings and their timestamps (layout above).")
 @click.option("--hop", type=float, default=DEFAULT_HOP_SECONDS, show_default=True,
               help="Seconds between window starts (0.96 = no overlap).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
-              show_default=True, help="Windows per forward pass (at most 256, to bound memory); "
-                                      "windows of many files share batches.")
-@click.option("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1. Default: cpu.")
+@BATCH_SIZE_OPTION
+@DEVICE_OPTION
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("-r", "--recursive", is_flag=True, help="Search folders at every depth, not only their top level.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: fail for that input).")
@@ -76,13 +102,8 @@ def main() -> None:
 @click.option("--strict", is_flag=True,
               help="Fail an input, instead of warning, when its file is truncated (less audio than "
                    "its header declares) or its audio is all zeros.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Threads that decode and analyse files while the network runs (0: none). "
-                   "Default: 1, or 0 for a CPU network on <= 2 cores. Outputs do not depend on it.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="Run the network with torch, or with onnxruntime (CPU; pip install "
-                   "'audioembed[onnx]'; faster on the CPUs we measured, see docs/benchmarks.md). --model may "
-                   "then also be an .onnx file from export-onnx.")
+@WORKERS_OPTION
+@BACKEND_OPTION
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="How the torch network computes. auto: bf16 on a CUDA GPU with bf16, fp32 "
                    "elsewhere. bf16: autocast of the network (the frontend stays fp32; cosine "
@@ -91,9 +112,7 @@ def main() -> None:
 @click.option("--shard", default=None, metavar="K/N",
               help="Embed only inputs i with i % N == K (job arrays). Under torchrun, RANK/WORLD_SIZE "
                    "give the shard.")
-@click.option("--layer", type=click.Choice(("embedding", "pooled")), default="embedding", show_default=True,
-              help="embedding: the 128-d unit-norm output. pooled: the 2048-d pooled features per "
-                   "window, and their mean and max (4096-d, not normalised) per input (torch, or an ONNX file exported with --pooled).")
+@LAYER_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
 def extract(inputs, output, fmt, windows, hop, batch_size, device, model, recursive, overwrite,
             skip_existing, strict, workers, backend, precision, shard, layer, quiet):
@@ -337,20 +356,26 @@ def export_onnx(output, model, int8, calibrate, pooled, overwrite):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="INDEX.npz",
               help="The index: names (N,) and embeddings (N, D), as extract -o X.npz writes.")
 @click.option("--model", default=None, help=MODEL_HELP)
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@BACKEND_OPTION
+@DEVICE_OPTION
+@BATCH_SIZE_OPTION
+@WORKERS_OPTION
+@LAYER_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace an existing index.")
-@click.option("-q", "--quiet", is_flag=True)
-def index(inputs, output, model, backend, overwrite, quiet):
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still listed.")
+def index(inputs, output, model, backend, device, batch_size, workers, layer, overwrite, quiet):
     """Embed audio files (folders searched recursively) into a search index (an npz archive).
 
     \b
-    The same file as `audioembed extract INPUTS -o INDEX.npz --recursive`; an npz that extract
-    wrote is an index too. Search it with `audioembed search QUERY INDEX.npz`.
+    The same file as `audioembed extract INPUTS -o INDEX.npz --recursive` with the same
+    options; an npz that extract wrote is an index too. Search it with
+    `audioembed search QUERY INDEX.npz` (with the index's --model and --layer).
     """
     ctx = click.get_current_context()
     if not output.endswith(".npz"):
         raise click.UsageError(f"-o {output}: an index is an .npz archive")
     ctx.invoke(extract, inputs=inputs, output=output, fmt="npz", model=model, backend=backend,
+               device=device, batch_size=batch_size, workers=workers, layer=layer,
                recursive=True, overwrite=overwrite, quiet=quiet)
 
 
@@ -359,18 +384,20 @@ def index(inputs, output, model, backend, overwrite, quiet):
 @click.argument("index_path", metavar="INDEX.npz", type=click.Path(exists=True, dir_okay=False))
 @click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Results to show.")
 @click.option("--model", default=None, help=MODEL_HELP + " Must be the model that made the index.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@BACKEND_OPTION
+@LAYER_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout instead of lines.")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 2), instead of warning, when the query's range starts after its "
                    "audio ends, or its file is truncated or all zeros.")
-def search(query, index_path, k, model, backend, as_json, strict):
+def search(query, index_path, k, model, backend, layer, as_json, strict):
     """Rank the segments of INDEX.npz by cosine similarity to QUERY.
 
     \b
     QUERY is an audio file, or a time range of one: clip.wav@12.5-14.0 averages the windows
     centred in that range (the nearest window if none is; a range that starts after the
     audio ends warns, or with --strict fails). Prints rank, score and name, best first.
+    --model and --layer must be those that made the index.
     """
     import warnings
 
@@ -381,7 +408,8 @@ def search(query, index_path, k, model, backend, as_json, strict):
         idx = search_mod.Index.load(index_path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            q = search_mod.query_embedding(query, model=model, backend=backend, strict=strict)
+            q = search_mod.query_embedding(query, model=model, backend=backend, strict=strict,
+                                           layer=layer)
         for w in caught:
             if not issubclass(w.category, (SilentAudioWarning, TruncatedAudioWarning,
                                            search_mod.QueryRangeWarning)):
@@ -392,15 +420,16 @@ def search(query, index_path, k, model, backend, as_json, strict):
                 click.echo(f"warning: {printable(str(w.message))}", err=True)
         if q.shape[-1] != idx.embeddings.shape[1]:
             raise click.UsageError(f"the query embedding has {q.shape[-1]} dimensions, the index "
-                                   f"{idx.embeddings.shape[1]}: embed both with the same model")
+                                   f"{idx.embeddings.shape[1]}: embed both with the same --model "
+                                   "and --layer")
         results = search_mod.search(idx, q, k)
     except AudioembedError as exc:
         raise click.UsageError(printable(str(exc))) from exc
     if as_json:
-        click.echo(json.dumps({"query": query, "index": index_path, "results": results}))
+        click.echo(json.dumps({"query": query, "index": index_path, "results": results.to_dicts()}))
         return
-    for r in results:
-        click.echo(f"{r['rank']:>4}  {r['score']:.4f}  {printable(r['name'])}")
+    for hit in results:
+        click.echo(f"{hit.rank:>4}  {hit.score:.4f}  {printable(hit.name)}")
 
 
 @main.group()

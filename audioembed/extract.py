@@ -29,9 +29,8 @@ import torch
 from audioembed import api, frontend
 from audioembed.audio_io import (STDIN_PATHS, AudioError, audio_files, check_regular_file, file_kind,
                                  is_audio_name, silence_message, walk_folders)
-from audioembed.backends import BACKENDS, resolve_backend
+from audioembed.backends import choose_backend, default_workers, is_onnx_model, resolve_backend
 from audioembed.errors import AudioembedError, InvalidArgumentError, MissingDependencyError, UsageError
-from audioembed.loading import ONNX, parse_model_spec
 from audioembed.outputs import (archive_arrays, check_writable, remove_stale_temp_files, save_archive,
                                 save_npys)
 from audioembed.precision import check_precision, precision_in_use, precision_on, with_precision
@@ -295,26 +294,26 @@ def _check_precision(precision: str, backend: str, device: str | None) -> None:
 MODEL_LOAD_ERRORS = (AudioembedError,)
 
 
-def default_workers(device: str | None, backend: str = "torch") -> int:
-    """Feature threads when none are asked for: one, except for a torch network on the CPU of
-    a machine with two cores or fewer, where the thread only competes with the network's own
-    OpenMP threads. onnxruntime's threads sleep when idle, so there the worker fills the gaps
-    (``benchmarks/bench_scale.py``; docs/benchmarks.md has the figures)."""
-    torch_on_cpu = backend == "torch" and (device is None or torch.device(device).type == "cpu")
-    return 0 if torch_on_cpu and (os.cpu_count() or 1) <= 2 else 1
-
-
-def load_model_for_cli(model, device: str | None, backend: str = "torch"):
-    """``model`` loaded for ``backend``, or a UsageError naming ``--model`` and why it cannot be."""
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+def backend_for_cli(model, backend: str | None) -> str:
+    """The backend that runs ``--model`` (:func:`audioembed.backends.choose_backend`: None
+    picks onnx for an ``.onnx`` file, torch otherwise), or a UsageError naming the options."""
+    if backend == "torch" and is_onnx_model(model):
+        raise UsageError(f"--model {model}: an ONNX file runs with --backend onnx or onnx-int8 "
+                         "(without --backend, onnx is chosen for it), not --backend torch")
     try:
-        spec = parse_model_spec(model)
-        if backend == "torch" and spec.kind == ONNX:
-            raise UsageError(f"--model {model}: an ONNX file runs with --backend onnx")
-        return resolve_backend(model, device, backend)
-    except UsageError:
-        raise
+        return choose_backend(model, backend)
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--backend: {exc}") from exc
+
+
+def load_model_for_cli(model, device: str | None, backend: str | None = "torch", *,
+                       pooled: bool = False):
+    """``model`` loaded for ``backend`` (None: :func:`backend_for_cli`'s choice; ``pooled`` as
+    for :func:`audioembed.backends.resolve_backend`), or a UsageError naming ``--model`` and
+    why it cannot be."""
+    backend = backend_for_cli(model, backend)
+    try:
+        return resolve_backend(model, device, backend, pooled=pooled)
     except MissingDependencyError as exc:
         raise UsageError(str(exc)) from exc
     except MODEL_LOAD_ERRORS as exc:
@@ -390,7 +389,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
         hop: float = frontend.DEFAULT_HOP_SECONDS, batch_size: int = api.DEFAULT_BATCH_SIZE,
         device: str | None = None, fmt: str | None = None, windows: bool = False,
         recursive: bool = False, overwrite: bool = False, progress: bool = False,
-        shard: Shard | None = None, workers: int | None = None, backend: str = "torch",
+        shard: Shard | None = None, workers: int | None = None, backend: str | None = None,
         strict: bool = False, skip_existing: bool = False, progress_stream=None,
         layer: str = "embedding", precision: str = "auto") -> RunReport:
     """Embed ``inputs`` (files, folders, globs) and write them to ``output``.
@@ -411,8 +410,9 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     windows are rows ``offsets[i]:offsets[i + 1]``.
 
     ``workers`` threads read and analyse the files while the network runs (0: none; None:
-    :func:`default_workers`); the outputs do not depend on it. ``backend="onnx"`` runs the
-    network with onnxruntime (CPU; ``model`` may also be an ``.onnx`` file from ``export-onnx``).
+    :func:`audioembed.backends.default_workers`); the outputs do not depend on it.
+    ``backend="onnx"`` runs the network with onnxruntime (CPU; ``model`` may also be an ``.onnx``
+    file from ``export-onnx``); None picks onnx for an ``.onnx`` file and torch otherwise.
     ``precision`` is :func:`audioembed.embed`'s (``"auto"``: bf16 on CUDA, fp32 elsewhere).
 
     With ``shard`` K/N, only inputs i with i % N == K of the expanded list are embedded (npy:
@@ -437,6 +437,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
     output = Path(output)
     mode = _resolve_mode(output, fmt)
     _check_options(hop, batch_size, device, 0 if workers is None else workers)
+    backend = backend_for_cli(model, backend)
     _check_precision(precision, backend, device)
     if skip_existing and overwrite:
         raise UsageError("--skip-existing and --overwrite contradict each other; pass one")
@@ -486,7 +487,7 @@ def run(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, model
                             "outputs are already complete (--skip-existing)")
     if not tasks and not (mode == "npz" and shard is not None):
         return report
-    loaded = load_model_for_cli(model, device, backend)
+    loaded = load_model_for_cli(model, device, backend, pooled=layer == "pooled")
     try:
         net = api.readout_network(loaded, layer)
     except InvalidArgumentError as exc:

@@ -30,7 +30,10 @@ class ModelNotAvailableError(AudioembedError, RuntimeError):
 def parse_hub_name(name: str) -> tuple[str, str | None]:
     """``hf-hub:org/repo@rev`` -> ``("org/repo", "rev")``."""
     spec = name[len(HF_PREFIX):]
-    repo, _, rev = spec.partition("@")
+    repo, at, rev = spec.partition("@")
+    if at and not rev:
+        raise ModelFormatError(f"bad Hub model name {name!r}: nothing after '@'; name a branch, tag "
+                               "or commit (hf-hub:org/repo@revision), or drop the '@' for main")
     if repo.count("/") != 1 or not all(_HUB_PART.fullmatch(p) and "--" not in p and ".." not in p
                                        for p in repo.split("/")):
         raise ModelFormatError(f"bad Hub model name {name!r}; expected hf-hub:org/repo[@revision], "
@@ -68,10 +71,15 @@ def parse_model_spec(name_or_path: str | os.PathLike | None = None, revision: st
             is given where it does not apply.
     """
     name = os.fspath(name_or_path) if name_or_path is not None else registry.DEFAULT_MODEL
+    if revision is not None and not (isinstance(revision, str) and revision):
+        raise ModelFormatError(f"revision={revision!r}: name a branch, tag or commit, or leave it "
+                               "unset for main")
     if name.startswith(HF_PREFIX):
         repo, rev = parse_hub_name(name)
         if rev and revision and rev != revision:
-            raise ModelFormatError(f"two revisions given: {rev!r} in the name and {revision!r}")
+            # One revision per load: the name's and the argument's are the same setting.
+            raise ModelFormatError(f"two revisions given: {rev!r} in the name and revision={revision!r}; "
+                                   "give one (they are the same setting), or the same in both")
         return ModelSpec(HUB, name, hub_id=repo, revision=rev or revision)
     if revision is not None:
         # A silently ignored pin would load something other than what the caller asked for.
@@ -179,8 +187,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     ``name_or_path`` is a registry name (see ``list_models()``; default
     ``registry.DEFAULT_MODEL``), a local folder holding ``config.json`` and
     ``model.safetensors``, or ``hf-hub:org/repo[@revision]``. ``revision=`` is the same as
-    ``@revision`` (giving both raises unless they are equal); it applies to Hub names only. Hub downloads honour ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``cache_dir``
-    and ``token``. Nothing is downloaded unless a Hub name is given.
+    ``@revision`` (giving both raises unless they are equal); it applies to Hub names only.
+    ``embed(model=...)`` and ``--model`` take the ``@revision`` form. Hub downloads honour
+    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``cache_dir`` and ``token``. Nothing is downloaded
+    unless a Hub name is given.
     """
     spec = parse_model_spec(name_or_path, revision)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
@@ -199,8 +209,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
         model.info["source"] = f"registry:{entry.name}"
         return model
     if spec.kind == ONNX:
-        raise ModelFormatError(f"{spec.name}: an ONNX file runs with backend=\"onnx\" "
-                               "(embed(..., backend=\"onnx\"), --backend onnx), not as a torch model")
+        raise ModelFormatError(f"{spec.name}: an ONNX file runs with onnxruntime (embed(model=...) "
+                               "and --model pick backend \"onnx\" for it), not as a torch model")
     model = load_model_folder(spec.path, device=device)
     model.info["source"] = str(spec.path.resolve())
     return model

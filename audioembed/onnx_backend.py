@@ -146,15 +146,17 @@ class OnnxModel:
 
 
 _FILES: dict[str, OnnxModel] = {}
-# Networks exported (or quantized) in memory, per backend, once per loaded model.
-_BUILT: "dict[str, weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]]" = {}
+# Networks exported (or quantized) in memory, per backend and outputs, once per loaded model.
+_BUILT: "dict[tuple[str, bool], weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel]]" = {}
 
 
-def onnx_model(model, device=None, *, backend: str = "onnx", build=None) -> OnnxModel:
+def onnx_model(model, device=None, *, backend: str = "onnx", build=None, check=None,
+               pooled: bool = False) -> OnnxModel:
     """An :class:`OnnxModel` for ``embed(model=..., backend=backend)``: an ``.onnx`` file as it
-    is, or any model ``load_model`` knows (or a loaded one), turned into ONNX bytes by ``build``
+    is (once ``check(path)``, which raises for a file ``backend`` cannot run, passes), or any model
+    ``load_model`` knows (or a loaded one), turned into ONNX bytes by ``build(net, pooled)``
     (default :func:`export_bytes`; ``audioembed.quantize`` passes its int8 quantizer) once per
-    process."""
+    process; with ``pooled`` the export also has the ``pooled`` output (``layer="pooled"``)."""
     if isinstance(model, OnnxModel):
         return model
     if device is not None and torch.device(device).type != "cpu":
@@ -162,12 +164,14 @@ def onnx_model(model, device=None, *, backend: str = "onnx", build=None) -> Onnx
     if isinstance(model, (str, os.PathLike)) and parse_model_spec(model).kind == ONNX:
         key = os.path.realpath(model)
         if key not in _FILES:
-            _FILES[key] = OnnxModel(model)
+            _FILES[key] = OnnxModel(model)  # a missing or broken file fails here, first
+        if check is not None:
+            check(model)
         return _FILES[key]
     net = cached_model(model, None)  # loads are cached, so a name is converted once
-    built = _BUILT.setdefault(backend, weakref.WeakKeyDictionary())
+    built = _BUILT.setdefault((backend, pooled), weakref.WeakKeyDictionary())
     if net not in built:
-        built[net] = OnnxModel((build or export_bytes)(net))
+        built[net] = OnnxModel((build or export_bytes)(net, pooled))
     return built[net]
 
 

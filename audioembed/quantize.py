@@ -24,6 +24,7 @@ import torch
 from audioembed import frontend
 from audioembed.audio_io import AudioError, audio_files, load_waveform
 from audioembed.errors import InvalidArgumentError
+from audioembed.model_folder import ModelFormatError
 from audioembed.onnx_backend import INPUT_NAME, OnnxModel, export_bytes, onnx_model, require
 from audioembed.outputs import atomic_write
 
@@ -130,12 +131,49 @@ def agreement(reference, candidate, windows: torch.Tensor) -> dict:
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "windows": int(len(cos))}
 
 
-def int8_model(model, device=None) -> OnnxModel:
-    """The int8 network for ``embed(..., backend="onnx-int8")``: an ``.onnx`` file as it is
-    (e.g. from ``export-onnx --int8``), or any model ``load_model`` knows, quantized once per
-    process with the default calibration set."""
-    return onnx_model(model, device, backend="onnx-int8",
-                      build=lambda net: quantize_bytes(export_bytes(net), calibration_windows()))
+# Operators only a quantized graph holds: QDQ pairs (what quantize_bytes writes) and the
+# integer kernels of onnxruntime's other quantization formats (QOperator, dynamic).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
+_QUANTIZED: dict[tuple[str, int, int], bool] = {}
+
+
+def is_quantized(path: str | os.PathLike) -> bool:
+    """Whether the ONNX file at ``path`` is quantized: it has a quantization operator
+    (:data:`QUANTIZED_OPS`) or 8-bit (or 4-bit) integer weights. Checked once per file version."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    if key not in _QUANTIZED:
+        onnx = require("onnx", 'backend="onnx-int8" (to check that the file is quantized)')
+        try:
+            graph = onnx.load(os.fspath(path), load_external_data=False).graph
+        except Exception as exc:  # noqa: BLE001 - onnx's own decode errors (DecodeError, ...)
+            raise ModelFormatError(f"{os.fspath(path)}: not a loadable ONNX model ({exc})") from exc
+        integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+        integer |= {getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4") if hasattr(onnx.TensorProto, t)}
+        _QUANTIZED[key] = (any(n.op_type in QUANTIZED_OPS for n in graph.node)
+                           or any(t.data_type in integer for t in graph.initializer))
+    return _QUANTIZED[key]
+
+
+def check_quantized(path: str | os.PathLike) -> None:
+    """Raise unless the ONNX file at ``path`` is quantized (:func:`is_quantized`)."""
+    if not is_quantized(path):
+        raise InvalidArgumentError(
+            f'{os.fspath(path)}: backend="onnx-int8" needs a quantized ONNX file, and this one is '
+            "not (no QuantizeLinear/DequantizeLinear or other quantized operators, no int8 "
+            'weights): run it with backend="onnx" (--backend onnx), or write an int8 file with '
+            "audioembed export-onnx OUT.onnx --int8")
+
+
+def int8_model(model, device=None, *, pooled: bool = False) -> OnnxModel:
+    """The int8 network for ``embed(..., backend="onnx-int8")``: a quantized ``.onnx`` file as
+    it is (e.g. from ``export-onnx --int8``; a file that is not quantized raises), or any model
+    ``load_model`` knows, quantized once per process with the default calibration set (with
+    ``pooled``, keeping the pooled output)."""
+    return onnx_model(model, device, backend="onnx-int8", check=check_quantized, pooled=pooled,
+                      build=lambda net, pooled: quantize_bytes(export_bytes(net, pooled),
+                                                               calibration_windows()))
 
 
 def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None,

@@ -24,11 +24,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from audioembed import frontend
-from audioembed.api import embed
+from audioembed.api import embed, segment_readout
 from audioembed.errors import InvalidArgumentError
 from audioembed.outputs import ArchiveError, read_archive
 
@@ -130,14 +131,15 @@ def parse_query(spec: str) -> tuple[str, float | None, float | None]:
     return path, start, end
 
 
-def range_mean(window_embeddings: np.ndarray, timestamps: np.ndarray, start: float, end: float
-               ) -> np.ndarray:
-    """The unit-norm mean of the windows centred in ``[start, end]`` (else the nearest one)."""
+def range_mean(window_embeddings: np.ndarray, timestamps: np.ndarray, start: float, end: float,
+               layer: str = "embedding") -> np.ndarray:
+    """The segment of the windows centred in ``[start, end]`` (else of the nearest one), read out
+    as ``layer``'s segments are (``api.segment_readout``: for ``embedding`` their mean), unit norm."""
     inside = (timestamps >= start) & (timestamps <= end)
     if not inside.any():
         inside = np.zeros(len(timestamps), bool)
         inside[int(np.argmin(np.abs(timestamps - (start + end) / 2)))] = True
-    return normalise(window_embeddings[inside].mean(axis=0))
+    return normalise(segment_readout(window_embeddings[inside], layer))
 
 
 def range_past_end(spec: str, timestamps: np.ndarray, start: float) -> str | None:
@@ -150,8 +152,10 @@ def range_past_end(spec: str, timestamps: np.ndarray, start: float) -> str | Non
             f"the last window, centred at {float(timestamps[-1]):.2f} s, is used")
 
 
-def query_embedding(spec: str, model=None, backend: str = "torch", strict: bool = False) -> np.ndarray:
-    """The ``(D,)`` embedding of a query (a file, or ``file@start-end``).
+def query_embedding(spec: str, model=None, backend: str | None = None, strict: bool = False,
+                    layer: str = "embedding") -> np.ndarray:
+    """The ``(D,)`` embedding of a query (a file, or ``file@start-end``); ``model``,
+    ``backend`` and ``layer`` as for :func:`audioembed.embed`, and as the index was made.
 
     A range that starts after the audio ends warns (:class:`QueryRangeWarning`) and uses the
     last window; with ``strict`` it raises :class:`SearchError`."""
@@ -159,19 +163,79 @@ def query_embedding(spec: str, model=None, backend: str = "torch", strict: bool 
     if not Path(path).exists():
         raise SearchError(f"{path}: no such query file")
     if start is None:
-        return np.asarray(embed(path, model=model, backend=backend), dtype=np.float32)
-    got = embed(path, model=model, backend=backend, windows=True)
+        return np.asarray(embed(path, model=model, backend=backend, layer=layer), dtype=np.float32)
+    got = embed(path, model=model, backend=backend, windows=True, layer=layer)
     timestamps = np.asarray(got.timestamps)
     problem = range_past_end(spec, timestamps, start)
     if problem is not None and strict:
         raise SearchError(f"{problem} (--strict)")
     if problem is not None:
         warnings.warn(problem, QueryRangeWarning, stacklevel=2)
-    return range_mean(np.asarray(got.window_embeddings), timestamps, start, end)
+    return range_mean(np.asarray(got.window_embeddings), timestamps, start, end, layer)
 
 
-def search(index: Index, query: np.ndarray, k: int = 10) -> list[dict]:
-    """The ``k`` best segments for one query embedding: ``[{rank, score, name}, ...]``."""
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked segment: ``rank`` (1 = best), ``score`` (cosine to the query), ``name`` and
+    ``row`` (its row in the index). ``hit["name"]`` also works, as for the dicts ``search``
+    returned before."""
+
+    rank: int
+    score: float
+    name: str
+    row: int
+
+    def __getitem__(self, key: str):
+        if key not in ("rank", "score", "name", "row"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        """``{"rank", "score", "name"}``, as ``audioembed search --json`` prints a result."""
+        return {"rank": self.rank, "score": self.score, "name": self.name}
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """What :func:`search` returns: its :class:`SearchHit` s, best first.
+
+    A sequence of them (``len``, iteration, ``results[0]``, slices), with the columns as
+    ``names``, ``scores`` and ``rows``, and ``to_dicts()`` for JSON.
+    """
+
+    hits: tuple[SearchHit, ...]
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self) -> Iterator[SearchHit]:
+        return iter(self.hits)
+
+    def __getitem__(self, i):
+        return self.hits[i]
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.hits]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(k,)`` float32 cosines, best first."""
+        return np.array([h.score for h in self.hits], dtype=np.float32)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``(k,)`` int64 rows of the index, best first."""
+        return np.array([h.row for h in self.hits], dtype=np.int64)
+
+    def to_dicts(self) -> list[dict]:
+        """``[{rank, score, name}, ...]``: what ``search`` returned before, and ``--json`` prints."""
+        return [h.to_dict() for h in self.hits]
+
+
+def search(index: Index, query: np.ndarray, k: int = 10) -> SearchResults:
+    """The ``k`` best segments of ``index`` for one query embedding, best first (ties: the
+    lower row first), as :class:`SearchResults`."""
     scores, rows = top_k(normalise(np.asarray(query, np.float32))[None], index.embeddings, k)
-    return [{"rank": r + 1, "score": float(s), "name": str(index.names[i])}
-            for r, (s, i) in enumerate(zip(scores[0], rows[0]))]
+    return SearchResults(tuple(SearchHit(rank=r + 1, score=float(s), name=str(index.names[i]), row=int(i))
+                               for r, (s, i) in enumerate(zip(scores[0], rows[0]))))

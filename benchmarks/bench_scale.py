@@ -209,8 +209,8 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
 
 def default_row(e2e_rows: dict[str, tuple[str, str]], label: str) -> str:
     """The end-to-end row of ``label`` run with the feature workers ``extract`` uses by default
-    on this machine (``extract.default_workers``)."""
-    from audioembed.extract import default_workers
+    on this machine (``backends.default_workers``)."""
+    from audioembed.backends import default_workers
 
     backend = "torch" if label.startswith("torch") else label
     return e2e_rows[label][default_workers(None, backend)]

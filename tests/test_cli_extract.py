@@ -337,3 +337,28 @@ def test_cli_defaults_match_the_library():
     assert cli.DEFAULT_BATCH_SIZE == api.DEFAULT_BATCH_SIZE
     assert cli.BACKENDS == backends.BACKENDS and cli.FORMATS == extract.FORMATS
     assert cli.PRECISIONS == precision.PRECISIONS
+
+
+def test_cli_docstring_names_every_command():
+    from audioembed import cli
+
+    doc = cli.__doc__
+    for name, command in cli.main.commands.items():
+        assert f"``{name}``" in doc, name
+        for sub in getattr(command, "commands", {}):
+            assert f"``{sub}``" in doc, f"{name} {sub}"
+
+
+def test_package_docstrings_point_at_documents_that_exist():
+    import re
+
+    import audioembed
+
+    package = Path(audioembed.__file__).parent
+    root = package.parent
+    for path in sorted(package.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        # The figures live in docs/; README.md is a short front page without them.
+        assert "README" not in text, f"{path.name} refers to the README"
+        for ref in re.findall(r"\bdocs/[\w-]+\.md\b", text):
+            assert (root / ref).is_file(), f"{path.name}: {ref}"

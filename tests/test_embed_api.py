@@ -195,3 +195,26 @@ def test_sr_with_only_file_input_raises(clips, tmp_path):
         embed([path, str(path)], sr=SR, model=tiny_model(3))
     mixed = embed([path, clips[1]], sr=SR, model=tiny_model(3))  # sr is the array's rate
     np.testing.assert_allclose(mixed[0], mixed[1], atol=1e-5)
+
+
+def test_workers_none_is_the_clis_automatic_choice(model, clips, monkeypatch):
+    from audioembed import api, backends, extract
+
+    # One function decides "auto" for embed() and for extract's --workers default.
+    assert api.default_workers is backends.default_workers is extract.default_workers
+    asked = []
+    real = api.iter_features
+
+    def spy(items, sr, hop, workers=0):
+        asked.append(workers)
+        return real(items, sr, hop, workers)
+
+    monkeypatch.setattr(api, "iter_features", spy)
+    want = embed(clips[:3], sr=SR, model=model, workers=0)
+    for cores, auto in ((2, 0), (16, 1)):  # a torch CPU network on <= 2 cores gets no worker
+        monkeypatch.setattr(backends.os, "cpu_count", lambda: cores)
+        assert backends.default_workers(None, "torch") == auto
+        np.testing.assert_array_equal(embed(clips[:3], sr=SR, model=model), want)
+        assert asked[-1] == auto
+    np.testing.assert_array_equal(embed(clips[:3], sr=SR, model=model, workers=2), want)
+    assert asked[-1] == 2  # an explicit count is used as given

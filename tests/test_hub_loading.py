@@ -229,7 +229,39 @@ def test_registry_hub_entry_checks_sha256(fake_hub, monkeypatch):
         load_model("hub-bad")
 
 
-@pytest.mark.parametrize("name", ["hf-hub:repo", "hf-hub:/repo", "hf-hub:a/b/c", "hf-hub:org/"])
+def test_one_revision_setting_for_every_entry_point(fake_hub, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from audioembed import loading
+    from audioembed.cli import main
+
+    monkeypatch.setattr(loading, "_MODEL_CACHE", {})  # each name below is loaded, not reused
+    # The name's @rev and revision= are one setting: equal is fine, different raises.
+    load_model("hf-hub:org/repo@v4", revision="v4")
+    assert fake_hub["calls"][-2]["revision"] == "v4"
+    for bad in ("", 4):
+        with pytest.raises(ModelFormatError, match="name a branch, tag or commit"):
+            load_model("hf-hub:org/repo", revision=bad)
+    with pytest.raises(ModelFormatError, match="nothing after '@'"):
+        load_model("hf-hub:org/repo@")
+    # embed() and --model take the @rev form and pass it to the Hub as it is.
+    x = np.random.default_rng(2).standard_normal(16000).astype(np.float32)
+    want = embed(x, sr=16000, model=load_model(fake_hub["folder"]))
+    np.testing.assert_array_equal(embed(x, sr=16000, model="hf-hub:org/repo@v5"), want)
+    assert fake_hub["calls"][-2]["revision"] == "v5"
+    import soundfile as sf
+
+    sf.write(tmp_path / "x.wav", x, 16000)
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "x.wav"), "-o", str(tmp_path / "x.npy"),
+                                    "--model", "hf-hub:org/repo@v6", "-q"])
+    assert res.exit_code == 0, res.output
+    assert fake_hub["calls"][-2]["revision"] == "v6"
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "x.wav"), "-o", str(tmp_path / "y.npy"),
+                                    "--model", "hf-hub:org/repo@"])
+    assert res.exit_code == 2 and "nothing after '@'" in res.output
+
+
+@pytest.mark.parametrize("name", ["hf-hub:repo", "hf-hub:/repo", "hf-hub:a/b/c", "hf-hub:org/", "hf-hub:org/repo@"])
 def test_bad_hub_names(name):
     with pytest.raises(ValueError, match="hf-hub:org/repo"):
         parse_hub_name(name)

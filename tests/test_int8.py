@@ -49,3 +49,27 @@ def test_default_model_int8_agrees_with_fp32_on_real_audio():
     e8 = embed(files, backend="onnx-int8")  # quantized in memory, once per process
     cos = (e32 * e8).sum(1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e8, axis=1))
     assert cos.mean() >= 0.98, cos
+
+
+def test_onnx_int8_refuses_a_file_that_is_not_quantized(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from audioembed.cli import main
+    from audioembed.errors import InvalidArgumentError
+    from audioembed.onnx_backend import export
+    from audioembed.quantize import is_quantized
+
+    fp32 = export(load_model(tiny_model_dir), tmp_path / "fp32.onnx")
+    assert not is_quantized(fp32)
+    wav = np.random.default_rng(3).standard_normal(24000).astype(np.float32) * 0.1
+    with pytest.raises(InvalidArgumentError, match='backend="onnx-int8" needs a quantized ONNX file'):
+        embed(wav, 16000, model=fp32, backend="onnx-int8")
+    assert embed(wav, 16000, model=fp32).shape == (128,)  # the same file runs as fp32 onnx
+    clip = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(clip, wav, 16000)
+    res = CliRunner().invoke(main, ["extract", str(clip), "-o", str(tmp_path / "a.npy"), "--model",
+                                    str(fp32), "--backend", "onnx-int8"])
+    assert res.exit_code == 2 and "needs a quantized ONNX file" in res.output
+    assert not (tmp_path / "a.npy").exists()

@@ -105,17 +105,48 @@ def test_extract_cli_with_the_onnx_backend(exported, tiny_model_dir, make_wav, t
             np.testing.assert_array_equal(got["timestamps"], want["timestamps"])
             assert np.abs(got["window_embeddings"] - want["window_embeddings"]).max() <= TOL
             assert np.abs(got["embeddings"] - want["embeddings"]).max() <= TOL
-    res = cli("extract", clips[0], "-o", tmp_path / "x.npy", "--model", exported)
-    assert res.exit_code == 2 and "--backend onnx" in res.output
 
 
 def test_default_workers_leave_two_cores_to_a_torch_cpu_network(monkeypatch):
-    from audioembed import extract
+    from audioembed import backends
 
-    monkeypatch.setattr(extract.os, "cpu_count", lambda: 2)
-    assert extract.default_workers(None) == 0 and extract.default_workers("cpu") == 0
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    assert backends.default_workers(None) == 0 and backends.default_workers("cpu") == 0
     # onnxruntime's idle threads sleep (OnnxModel turns spinning off): a worker fills the gaps.
-    assert extract.default_workers("cpu", "onnx") == 1 and extract.default_workers(None, "onnx-int8") == 1
-    assert extract.default_workers("cuda") == 1
-    monkeypatch.setattr(extract.os, "cpu_count", lambda: 16)
-    assert extract.default_workers(None) == 1
+    assert backends.default_workers("cpu", "onnx") == 1 and backends.default_workers(None, "onnx-int8") == 1
+    assert backends.default_workers("cuda") == 1
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 16)
+    assert backends.default_workers(None) == 1
+
+
+def test_an_onnx_file_implies_the_onnx_backend(exported, tiny_model_dir, make_wav, tmp_path):
+    from audioembed.errors import InvalidArgumentError
+
+    wav = make_wav("a.wav", seconds=2.1, seed=4)
+    want = embed(wav, model=exported, backend="onnx")
+    np.testing.assert_array_equal(embed(wav, model=exported), want)  # no backend: onnx
+    np.testing.assert_array_equal(embed(wav, model=str(exported)), want)
+    assert np.abs(want - embed(wav, model=tiny_model_dir)).max() <= TOL
+    with pytest.raises(InvalidArgumentError, match=r'is an ONNX network: it runs with backend="onnx"'):
+        embed(wav, model=exported, backend="torch")
+    # The command line: no --backend picks onnx for an .onnx --model; --backend torch is refused.
+    out = tmp_path / "auto.npy"
+    res = cli("extract", wav, "-o", out, "--model", exported, "-q")
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(out), want)
+    res = cli("extract", wav, "-o", tmp_path / "t.npy", "--model", exported, "--backend", "torch")
+    assert res.exit_code == 2 and "not --backend torch" in res.output
+
+
+def test_pooled_layer_with_a_model_exported_in_memory(tiny_model_dir, make_wav):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    wav = make_wav("p.wav", seconds=2.5, seed=5)
+    want = embed(wav, model=tiny_model_dir, layer="pooled", windows=True)
+    got = embed(wav, model=tiny_model_dir, backend="onnx", layer="pooled", windows=True)
+    width = want.window_embeddings.shape[1]  # the pooled width (2048 for the release network)
+    assert got.embedding.shape == want.embedding.shape == (2 * width,)
+    assert np.abs(got.window_embeddings - want.window_embeddings).max() <= 1e-3 * np.abs(want.window_embeddings).max()
+    # The same loaded model still gives its embedding output with the onnx backend.
+    e = embed(wav, model=tiny_model_dir, backend="onnx")
+    assert e.shape == (128,) and np.abs(e - embed(wav, model=tiny_model_dir)).max() <= TOL

@@ -87,3 +87,41 @@ def test_a_million_row_index_is_searched_in_under_two_seconds():
     elapsed = time.perf_counter() - t0
     assert rows[0, 0] == target and scores[0, 0] > 0.99
     assert elapsed < 2.0, f"{elapsed:.2f} s"
+
+
+def test_search_returns_typed_hits_that_still_read_like_the_old_dicts():
+    import dataclasses
+    import json
+
+    from audioembed.search import SearchHit, SearchResults
+
+    names = np.array(["dog.wav", "cat.wav", "car.wav"])
+    index = Index(names, normalise(np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 3]], dtype=np.float32)))
+    got = search(index, np.array([0.7, 0.7, 0.1]), k=2)
+    assert isinstance(got, SearchResults) and len(got) == 2
+    first, second = got  # a sequence of hits, best first
+    assert isinstance(first, SearchHit) and got[0] == first and list(got[1:]) == [second]
+    assert (first.rank, first.name, first.row) == (1, "cat.wav", 1)
+    assert (second.rank, second.name, second.row) == (2, "dog.wav", 0)
+    assert first.score == pytest.approx(float(normalise(np.array([0.7, 0.7, 0.1], np.float32)) @ index.embeddings[1]))
+    assert got.names == ["cat.wav", "dog.wav"] and got.rows.tolist() == [1, 0]
+    assert got.scores.dtype == np.float32 and got.scores[0] >= got.scores[1]
+    # What callers of the old list of dicts wrote still works; to_dicts() is that list.
+    assert first["name"] == "cat.wav" and first["rank"] == 1 and first["score"] == first.score
+    with pytest.raises(KeyError):
+        first["nope"]
+    assert got.to_dicts() == [{"rank": 1, "score": first.score, "name": "cat.wav"},
+                              {"rank": 2, "score": second.score, "name": "dog.wav"}]
+    assert json.loads(json.dumps(got.to_dicts()))[0]["name"] == "cat.wav"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.rank = 3
+
+
+def test_a_range_query_reads_out_its_windows_as_the_layer_does():
+    rng = np.random.default_rng(3)
+    win = rng.standard_normal((4, 6)).astype(np.float32)
+    ts = np.array([0.48, 1.44, 2.40, 3.36])
+    pooled = range_mean(win, ts, 1.0, 2.5, layer="pooled")  # mean and max of windows 1 and 2
+    want = np.concatenate([win[1:3].astype(np.float64).mean(0), win[1:3].max(0)])
+    np.testing.assert_allclose(pooled, want / np.linalg.norm(want), rtol=1e-6)
+    np.testing.assert_allclose(range_mean(win, ts, 1.0, 2.5), normalise(win[1:3].mean(0)), atol=1e-6)

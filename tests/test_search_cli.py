@@ -50,3 +50,64 @@ def test_search_refuses_a_missing_query_and_a_non_index(tmp_path, tiny_model_dir
     np.savez(tmp_path / "x.npz", foo=np.zeros(3))
     res = CliRunner().invoke(main, ["search", str(tmp_path / "nope.wav"), str(tmp_path / "x.npz")])
     assert res.exit_code == 2 and "not an index" in res.output
+
+
+def test_index_takes_extracts_options_and_passes_them_through(tmp_path, tiny_model_dir):
+    from audioembed import cli
+
+    params = {cmd: {p.name: p for p in getattr(cli, cmd).params} for cmd in ("extract", "index")}
+    for name in ("device", "batch_size", "workers", "layer", "backend"):
+        a, b = params["extract"][name], params["index"][name]
+        # One definition (cli.*_OPTION) for both commands, so their help and defaults cannot drift.
+        assert (a.opts, a.default, a.help, repr(a.type)) == (b.opts, b.default, b.help, repr(b.type)), name
+    _clips(tmp_path / "db")
+    runner = CliRunner()
+    opts = ["--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "3", "--workers", "0",
+            "--layer", "pooled", "-q"]
+    res = runner.invoke(main, ["index", str(tmp_path / "db"), "-o", str(tmp_path / "idx.npz"), *opts])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["extract", str(tmp_path / "db"), "-r", "-o", str(tmp_path / "ex.npz"), *opts])
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "idx.npz") as idx, np.load(tmp_path / "ex.npz") as ex:
+        assert idx["embeddings"].shape == ex["embeddings"].shape == (4, 512)  # tiny model: 2 x 256 pooled
+        np.testing.assert_array_equal(idx["embeddings"], ex["embeddings"])
+        assert list(idx["names"]) == list(ex["names"])
+    # A pooled index is searched with the pooled query embedding.
+    res = runner.invoke(main, ["search", str(tmp_path / "db" / "tone_a.wav"), str(tmp_path / "idx.npz"),
+                               "-k", "1", "--model", str(tiny_model_dir), "--layer", "pooled", "--json"])
+    assert res.exit_code == 0, res.output
+    [top] = json.loads(res.output)["results"]
+    assert top["name"].endswith("tone_a.wav") and top["score"] > 0.999
+    res = runner.invoke(main, ["search", str(tmp_path / "db" / "tone_a.wav"), str(tmp_path / "idx.npz"),
+                               "--model", str(tiny_model_dir)])
+    assert res.exit_code == 2 and "same --model and --layer" in res.output
+    res = runner.invoke(main, ["index", str(tmp_path / "db"), "-o", str(tmp_path / "bad.npz"),
+                               "--model", str(tiny_model_dir), "--batch-size", "0"])
+    assert res.exit_code == 2 and not (tmp_path / "bad.npz").exists()
+
+
+def test_index_hands_extracts_options_and_defaults_to_extract_run(tmp_path, monkeypatch):
+    from audioembed import extract
+    from audioembed.extract import RunReport
+
+    seen = []
+
+    def fake_run(inputs, output, **kwargs):
+        seen.append(kwargs)
+        return RunReport()
+
+    monkeypatch.setattr(extract, "run", fake_run)
+    out = str(tmp_path / "idx.npz")
+    res = CliRunner().invoke(main, ["index", "db", "-o", out, "--device", "cpu", "--batch-size", "7",
+                                    "--workers", "0", "--layer", "pooled", "--backend", "onnx", "-q"])
+    assert res.exit_code == 0, res.output
+    got = seen[-1]
+    assert (got["device"], got["batch_size"], got["workers"], got["layer"], got["backend"]) == \
+        ("cpu", 7, 0, "pooled", "onnx")
+    assert got["fmt"] == "npz" and got["recursive"]
+    res = CliRunner().invoke(main, ["index", "db", "-o", out, "-q"])
+    assert res.exit_code == 0, res.output
+    got = seen[-1]  # extract's defaults
+    assert (got["device"], got["batch_size"], got["workers"], got["layer"], got["backend"]) == \
+        (None, 64, None, "embedding", None)
+

@@ -75,7 +75,7 @@ def model_descriptor(model: str, device: str | None = None, backend: str = "torc
                 "dim": frontend.WINDOW_FRAMES * frontend.N_MELS}, None
     base = cached_model(model, device)
     info = getattr(base, "info", {}) or {}
-    net = readout_network(resolve_backend(base, device, backend), layer)
+    net = readout_network(resolve_backend(base, device, backend, pooled=layer == "pooled"), layer)
     desc = {"name": model, "sha256": info.get("sha256"), "source": info.get("source", model),
             "dim": int(net.embedding_dim)}
     # Recorded (and part of the cache key) only when not the defaults, so results and caches
