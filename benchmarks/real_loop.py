@@ -16,7 +16,6 @@ import json
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,7 @@ from audioembed import frontend
 from common import cpu_flags
 from training.config import apply_override, from_dict, read_toml
 from training.feature_cache import CacheWriter
-from training.trainer import (LOG_NAME, StepBatches, make_loss, make_optimizer, train, train_step,
-                              use_bf16, warm_start)
+from training.trainer import LOG_NAME, bare_step_seconds, train, use_bf16
 
 # The release corpus's shape: 23,742 files, mean 4.4 s, a long tail of minute-long recordings.
 CORPUS_FILES = 600
@@ -64,30 +62,6 @@ def labelled_dev_set(folder: Path, clips: int, windows: int, classes: int = 12, 
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("path", "label"), *rows])
     return manifest
-
-
-def bare_rate(config, warmup: int, steps: int) -> tuple[float, float]:
-    """Median seconds and CPU seconds of the bare step."""
-    torch.manual_seed(0)
-    from audioembed.model import AudioResNet
-
-    model = AudioResNet(config.model).to(memory_format=torch.channels_last)
-    if config.init:
-        warm_start(model, config)
-    model.train()
-    loss_fn = make_loss(config)
-    opt = make_optimizer(list(model.parameters()) + list(loss_fn.parameters()), config.lr)
-    batch = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, 0)[0]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(config, torch.device("cpu")) \
-        else nullcontext()
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        t, c = time.perf_counter(), time.process_time()
-        train_step(model, loss_fn, opt, batch, torch.device("cpu"), autocast)
-        if i >= warmup:
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-    return float(np.median(wall)), float(np.median(cpu))
 
 
 def read_log(path: Path, per_step: int) -> dict:
@@ -132,7 +106,7 @@ def run_real(recipe: Path, steps: int, overrides: list[str], warmup: int, bare_s
         torch.set_num_threads(threads)
         print(f"recipe {recipe} (+ {' '.join(overrides) or 'no overrides'}); torch {torch.__version__}, "
               f"threads {threads}, bf16 {use_bf16(config, torch.device('cpu'))}, CPU flags: {cpu_flags()}")
-        bare_s, bare_cpu = bare_rate(config, warmup, bare_steps)
+        bare_s, bare_cpu = bare_step_seconds(config, torch.device("cpu"), warmup, bare_steps)
         b = config.batch_size
         t0 = time.perf_counter()
         train(config, tmp / "run", max_triplets=steps * b, echo=lambda _: None)

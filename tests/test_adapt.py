@@ -162,17 +162,20 @@ def test_a_minutes_budget_on_a_cache_built_beforehand(audio, tiny_model_dir, tmp
     assert "planning" not in again.output
 
 
-def test_a_minutes_plan_is_the_rate_measured_on_this_machine(tiny_model_dir):
+def test_a_minutes_plan_is_the_rate_measured_on_this_machine(audio, tiny_model_dir, tmp_path):
     from training.adapt import LOOP_SHARE, measured_rate, plan_triplets, recipe_config
     from training.distributed import setup
+    from training.feature_cache import build_cache
 
+    build_cache(audio, tmp_path / "features", progress=False)
     base = load_model(tiny_model_dir).config.to_dict()
     threads = torch.get_num_threads()
-    config = recipe_config("/c", str(tiny_model_dir), base, 1000, ["runtime.threads=1", "train.batch_size=4"])
+    config = recipe_config(tmp_path / "features", str(tiny_model_dir), base, 1000,
+                           ["runtime.threads=1", "train.batch_size=4"])
     rate = measured_rate(config, setup("cpu"))
     assert np.isfinite(rate) and rate > 0
     assert torch.get_num_threads() == threads  # measured on the run's count, the caller's restored
-    assert plan_triplets(None, 2.0, lambda: 10.0) == int(120 * 10.0)
+    assert plan_triplets(None, 2.0, 10.0) == int(120 * 10.0)
     assert 0 < LOOP_SHARE <= 1
 
 

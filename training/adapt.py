@@ -81,73 +81,44 @@ class AdaptResult:
     main: bool = True  # False in torchrun's other processes, which export nothing
 
 
-def plan_triplets(triplets: int | None, minutes: float | None,
-                  rate: Callable[[], float] | None = None) -> int:
+def check_budget(triplets: int | None, minutes: float | None) -> None:
+    """Refuse a budget that trains on nothing."""
+    if triplets is not None and triplets < 1:
+        raise AdaptError(f"--triplets must be at least 1, got {triplets}")
+    if minutes is not None and not minutes > 0:
+        raise AdaptError(f"--minutes must be positive, got {minutes}")
+
+
+def plan_triplets(triplets: int | None, minutes: float | None, rate: float | None = None) -> int:
     """The triplets the learning-rate plan spans: ``triplets``, else what ``minutes`` gives at
-    ``rate()`` triplets/s (called only then), else the default."""
+    ``rate`` triplets/s, else the default."""
+    check_budget(triplets, minutes)
     if triplets is not None:
-        if triplets < 1:
-            raise AdaptError(f"--triplets must be at least 1, got {triplets}")
         return int(triplets)
     if minutes is not None:
-        if not minutes > 0:
-            raise AdaptError(f"--minutes must be positive, got {minutes}")
         if rate is None:
             raise AdaptError("a --minutes budget needs the machine's measured rate")
-        return max(1, int(minutes * 60 * rate()))
+        return max(1, int(minutes * 60 * rate))
     return DEFAULT_TRIPLETS
 
 
 def measured_rate(config, ctx) -> float:
     """Triplets/s that training ``config`` can keep on this machine, over all processes: the
-    bare forward, backward and Adam step of a copy of its network on a random batch, as the
-    trainer runs it (device, thread count, channels-last, bf16 when the trainer uses it), times
-    ``LOOP_SHARE``."""
+    trainer's bare step (:func:`training.trainer.bare_step_seconds`, on the trainer's thread
+    count) times ``LOOP_SHARE``."""
     import torch
 
-    from training.trainer import _threads
+    from training.trainer import _threads, bare_step_seconds
 
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(config, ctx))  # the trainer's count; the caller's comes back
     try:
-        seconds = _seconds_per_step(config, ctx.device)
+        seconds, _ = bare_step_seconds(config, ctx.device, warmup=1, steps=RATE_STEPS)
     finally:
         torch.set_num_threads(threads)
     rate = torch.tensor(config.batch_size / seconds, dtype=torch.float64, device=ctx.device)
     # Every process plans the same: the sum of the ranks' rates.
     return float(distributed.all_reduce_sum(rate, ctx)) * LOOP_SHARE
-
-
-def _seconds_per_step(config, device) -> float:
-    import time
-    from contextlib import nullcontext
-
-    import torch
-
-    from audioembed import frontend
-    from audioembed.model import AudioResNet
-    from training.trainer import use_bf16
-
-    net = AudioResNet(config.model).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    x = torch.randn(3 * config.batch_size, 1, frontend.WINDOW_FRAMES, frontend.N_MELS,
-                    device=device).contiguous(memory_format=torch.channels_last)
-    bf16 = use_bf16(config, device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = net(x).float().square().sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()  # the first step allocates and picks kernels
-    t0 = time.perf_counter()
-    for _ in range(RATE_STEPS):
-        step()
-    return (time.perf_counter() - t0) / RATE_STEPS
 
 
 def recipe_config(cache: str | os.PathLike, base: str, base_model: dict, planned: int,
@@ -238,8 +209,7 @@ def _request(audio: str, base: str | None, cache: str | None, triplets: int | No
              "base": _base_spec(base) if base is not None else None,
              "cache": str(Path(cache).resolve()) if cache is not None else None,
              "overrides": list(overrides) or None}
-    if minutes is not None and not minutes > 0:
-        raise AdaptError(f"--minutes must be positive, got {minutes}")
+    check_budget(triplets, minutes)
     # A minutes-only plan is measured once, when training starts (None until then).
     planned = plan_triplets(triplets, None) if triplets is not None or minutes is None else None
     if triplets is not None:
@@ -333,7 +303,7 @@ def adapt(audio: str, out: str | os.PathLike, *, base: str | None = None,
         raise AdaptError("the main process could not prepare the run")
     if request["planned"] is None:
         rate = measured_rate(configured(DEFAULT_TRIPLETS), ctx)
-        request = dict(request, planned=plan_triplets(None, request["minutes"], lambda: rate))
+        request = dict(request, planned=plan_triplets(None, request["minutes"], rate))
         echo(f"planning {request['planned']:,} triplets for {request['minutes']:g} minutes at the "
              f"{rate:.1f} triplets/s measured here")
     if state is None and ctx.is_main:

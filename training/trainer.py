@@ -265,6 +265,35 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(list(params), lr=lr, **adam_kernel())
 
 
+def bare_step_seconds(config: TrainConfig, device: torch.device, warmup: int,
+                      steps: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of one training step as the trainer takes it (the recipe's
+    network and warm start in channels-last, its loss, the trainer's Adam and bf16 setting) on
+    one batch of the recipe's cache already in memory, without sampling, prefetch or the
+    negative memory: the ceiling of the network on this machine. Uses the calling process's
+    thread count."""
+    torch.manual_seed(config.seed)
+    model = AudioResNet(config.model).to(device, memory_format=torch.channels_last)
+    if config.init:
+        warm_start(model, config)
+    model.train()
+    loss_fn = make_loss(config).to(device)
+    opt = make_optimizer(list(model.parameters()) + list(loss_fn.parameters()), config.lr)
+    batch = StepBatches(config.cache, config.samplers, config.batch_size, config.seed, 0)[0]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(config, device) \
+        else nullcontext()
+    wall, cpu = [], []
+    for i in range(warmup + steps):
+        t, c = time.perf_counter(), time.process_time()
+        train_step(model, loss_fn, opt, batch, device, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
 def warm_start(model: AudioResNet, config: TrainConfig) -> dict:
     """Load ``config.init``'s weights into ``model`` (a fresh run); returns what was loaded."""
     spec = config.init
