@@ -117,29 +117,6 @@ def _fft_window(device: str) -> torch.Tensor:
     return F.pad(_hann(device), (left, N_FFT - WIN_LENGTH - left))
 
 
-# Mel bands per product of the power -> mel step: each group of consecutive bands multiplies
-# only the FFT bins its filters reach (the low bands a few, the high ones ~100 of 257).
-MEL_GROUP_BANDS = 8
-
-
-@lru_cache(maxsize=4)
-def _mel_groups(device: str) -> tuple[tuple[int, int, torch.Tensor], ...]:
-    """The power -> mel product, cut into groups of ``MEL_GROUP_BANDS`` bands: per group the
-    columns ``lo:hi`` of the interleaved squared spectrum (``re_k^2, im_k^2`` at ``2k, 2k + 1``)
-    that its filters reach, and its ``(hi - lo, MEL_GROUP_BANDS)`` weights (each filter weight
-    twice, once for the real and once for the imaginary part). Every non-zero weight of the
-    filterbank is in exactly one group, so the groups' products are the whole product."""
-    fb = _mel_matrix(device)
-    twice = fb.repeat_interleave(2, dim=0)  # (2 * 257, 64)
-    groups = []
-    for first in range(0, N_MELS, MEL_GROUP_BANDS):
-        cols = slice(first, first + MEL_GROUP_BANDS)
-        rows = (twice[:, cols] != 0).any(1).nonzero()[:, 0]
-        lo, hi = (int(rows.min()), int(rows.max()) + 1) if rows.numel() else (0, 1)
-        groups.append((lo, hi, twice[lo:hi, cols].contiguous()))
-    return tuple(groups)
-
-
 def mel_filterbank() -> torch.Tensor:
     """The ``(N_FFT // 2 + 1, N_MELS)`` mel filterbank matrix (a copy)."""
     return _mel_matrix("cpu").clone()
@@ -198,11 +175,12 @@ def _mel_energies(waveform: torch.Tensor) -> torch.Tensor:
     # Frame f is padded samples f*HOP .. f*HOP + N_FFT - 1, windowed: torch.stft(center=False)'s
     # frames, with the spectrum laid out frames first so that what follows reads it in order.
     spec = torch.fft.rfft(x.unfold(-1, N_FFT, HOP_LENGTH)[:, :frames] * _fft_window(device))
-    # |X|^2 and the mel filters in one product per group of bands: re^2 and im^2 side by side,
-    # each weighted by the filter (mel = sum_k w_k re_k^2 + w_k im_k^2).
-    squares = torch.view_as_real(spec).reshape(-1, 2 * spec.shape[-1]).square_()
-    mel = torch.cat([squares[:, lo:hi] @ w for lo, hi, w in _mel_groups(device)], dim=1)
-    return mel.reshape(*lead, frames, N_MELS)
+    # |X|^2 as re^2 + im^2 (squared in place, then one strided add: complex abs() computes a
+    # hypot, and a product over the interleaved squares is twice the work), then one product
+    # with the filterbank: torchaudio's order of operations.
+    squares = torch.view_as_real(spec).square_()
+    power = squares[..., 0] + squares[..., 1]
+    return (power.reshape(-1, power.shape[-1]) @ _mel_matrix(device)).reshape(*lead, frames, N_MELS)
 
 
 def log_mel(energies: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,11 @@ RESAMPLE_TILE = 16384
 # dense filter: at 44.1 kHz each phase reaches 33 of 475 taps.
 NEGLIGIBLE_TAP = 1e-12
 
-# Phases per band of the banded product (see _banded_kernel): a divisor of `new` up to this.
-MAX_BANDS = 4
+# Bands of the banded product (see _banded_kernel): the most, up to this, that divide the
+# phases into bands of at least MIN_BAND_PHASES columns. Narrower products run far below the
+# CPU's multiply-add rate, wider ones multiply more of the filter's zeros.
+MAX_BANDS = 10
+MIN_BAND_PHASES = 16
 
 # torchaudio's filter bank is a dense (new, 2 * width + orig) matrix for the rate ratio
 # orig / new reduced by their gcd: a few hundred thousand numbers for the usual rates (11025 Hz,
@@ -78,20 +81,50 @@ def _resample_kernel(sr: int) -> tuple[torch.Tensor, int]:
     return kernel[:, 0, :].T.contiguous(), width
 
 
+def groups_per_product_row(sr: int) -> int:
+    """Output groups of :func:`_resample_kernel` that one row of the resampler's product
+    computes: 1, or for ratios with few phases (48 kHz: 1 output per 3 inputs) the power of
+    two that gives ``MIN_BAND_PHASES`` of them, so the product is not a matrix-vector one."""
+    _, new = _reduced(sr)
+    m = 1
+    while new * m < MIN_BAND_PHASES:
+        m *= 2
+    return m
+
+
+@lru_cache(maxsize=8)
+def _grouped_kernel(sr: int) -> torch.Tensor:
+    """:func:`_resample_kernel` for :func:`groups_per_product_row` ``m`` consecutive output
+    groups at once: ``(taps + (m - 1) * orig, m * new)``, group ``i``'s filter in columns
+    ``i * new ..`` shifted down ``i * orig`` rows (its inputs start ``orig`` later), zeros
+    elsewhere. The same taps on the same inputs as ``m`` separate groups."""
+    kernel, _ = _resample_kernel(sr)
+    m = groups_per_product_row(sr)
+    if m == 1:
+        return kernel
+    orig, _ = _reduced(sr)
+    taps, new = kernel.shape
+    grouped = kernel.new_zeros(taps + (m - 1) * orig, m * new)
+    for i in range(m):
+        grouped[i * orig:i * orig + taps, i * new:(i + 1) * new] = kernel
+    return grouped
+
+
 @lru_cache(maxsize=8)
 def _banded_kernel(sr: int) -> tuple[torch.Tensor, int, int]:
-    """:func:`_resample_kernel` cut into ``bands`` blocks of consecutive phases, each holding only
-    the taps its phases reach: ``(bands, band, new // bands)``, the row offset ``stride``
+    """:func:`_grouped_kernel` cut into ``bands`` blocks of consecutive phases, each holding only
+    the taps its phases reach: ``(bands, band, phases // bands)``, the row offset ``stride``
     between bands, and the rows the product reads, ``reach``.
 
-    Band ``b`` multiplies rows ``b * stride .. b * stride + band - 1`` of the ``(groups, taps)``
+    Band ``b`` multiplies rows ``b * stride .. b * stride + band - 1`` of the ``(rows, taps)``
     input matrix (rows past ``taps`` are zeros of the filter), so one batched product with
-    uniform strides replaces the dense one at a fraction of the work (44.1 kHz: 4 x 142 x 40
+    uniform strides replaces the dense one at a fraction of the work (44.1 kHz: 10 x 76 x 16
     against 475 x 160 multiply-adds per output group).
     """
-    kernel, _ = _resample_kernel(sr)
+    kernel = _grouped_kernel(sr)
     taps, new = kernel.shape
-    bands = max(b for b in range(1, MAX_BANDS + 1) if new % b == 0)
+    bands = max(b for b in range(1, MAX_BANDS + 1)
+                if new % b == 0 and (new // b >= MIN_BAND_PHASES or b == 1))
     cols = new // bands
     used = kernel.abs() > NEGLIGIBLE_TAP
     rows = [used[:, b * cols:(b + 1) * cols].any(1).nonzero() for b in range(bands)]  # taps reached
@@ -155,9 +188,11 @@ class BlockResampler:
             kernel, width = _resample_kernel(sr)
             self._taps = kernel.shape[0]
             self.bands, self._stride, self._reach = _banded_kernel(sr)
+            self._row_groups = groups_per_product_row(sr)  # output groups per product row
             self._buf = torch.zeros(width)
             self._right_pad = width + self.orig
-            self._tile = max(1, RESAMPLE_TILE // self.new)  # groups per product
+            # Groups per product: a whole number of product rows.
+            self._tile = max(1, RESAMPLE_TILE // (self.new * self._row_groups)) * self._row_groups
         self._n_in = 0
         self._n_out = 0
 
@@ -183,15 +218,19 @@ class BlockResampler:
         return out[:keep]
 
     def _run(self, final: bool) -> torch.Tensor:
-        step = self.orig
+        step, m = self.orig, self._row_groups
         # Output groups torchaudio's length gives (from its taps); a tile is computed once the
         # buffer holds every sample its banded product reads (``reach`` >= taps: the excess
-        # meets zero rows of the filter).
-        groups = max(0, (self._buf.shape[0] - (self._taps if final else self._reach)) // step + 1)
-        tiles = -(-groups // self._tile) if final else groups // self._tile
+        # meets zero rows of the filter), a product row of m groups at a time.
+        if final:
+            groups = max(0, (self._buf.shape[0] - self._taps) // step + 1)
+            tiles = -(-groups // self._tile)
+        else:
+            groups = max(0, (self._buf.shape[0] - self._reach) // (m * step) + 1) * m
+            tiles = groups // self._tile
         if tiles == 0:
             return torch.zeros(0)
-        span = (tiles * self._tile - 1) * step + self._reach
+        span = (tiles * self._tile - m) * step + self._reach
         if span > self._buf.shape[0]:  # the last tile of the signal: zeros past the padding
             self._buf = torch.cat([self._buf, torch.zeros(span - self._buf.shape[0])])
         n_bands, band, cols = self.bands.shape
@@ -202,7 +241,7 @@ class BlockResampler:
                 # alignment for every tile, so the product rounds the same way wherever the
                 # tile lies.
                 rows = self._buf[t * self._tile * step:].as_strided(
-                    (n_bands, self._tile, band), (self._stride, step, 1))
+                    (n_bands, self._tile // m, band), (self._stride, m * step, 1))
                 out = torch.bmm(rows.contiguous(), self.bands)  # (bands, tile, cols)
                 outs.append(out.permute(1, 0, 2).reshape(-1))
         self._buf = self._buf[tiles * self._tile * step:]

@@ -19,7 +19,7 @@ def _write(path, subtype, fmt, channels, rng):
 @pytest.mark.parametrize("subtype,fmt", [("PCM_16", "WAV"), ("PCM_16", "FLAC"), ("PCM_16", "AIFF"),
                                          ("PCM_16", "W64"), ("PCM_32", "WAV"), ("PCM_24", "WAV"),
                                          ("FLOAT", "WAV")])
-@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_blocks_equal_libsndfile_float_conversion_to_the_bit(tmp_path, subtype, fmt, channels):
     path = tmp_path / f"x.{fmt.lower()}"
     expected = _write(path, subtype, fmt, channels, np.random.default_rng(channels))
