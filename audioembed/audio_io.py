@@ -367,10 +367,10 @@ class AudioSource:
             # Summed as integers: up to 256 int16 channels sum exactly in float32's 24-bit
             # mantissa, and the scale (2^-15 / channels) is a power of two, so this is the
             # float64 mean of the scaled channels to the bit, in one pass instead of four.
-            total = data[:, 0].astype(np.int32)
+            mono = data[:, 0].astype(np.float32 if channels == 1 else np.int32)
             for c in range(1, channels):
-                total += data[:, c]
-            mono = total.astype(np.float32)
+                mono += data[:, c]
+            mono = mono.astype(np.float32, copy=False)
             mono *= np.float32(scale / channels)
             return mono
         scaled = data.astype(np.float32)

@@ -21,7 +21,7 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
    one line to compare: each backend's end-to-end real-time factor on the same clips.
 3. Where the time goes (``--only profile``): one ``extract`` per backend under cProfile, the
    share of the wall time in the network, decoding, sample checks, resampling, STFT + mel and
-   windowing.
+   windowing; then the frontend alone, in CPU ms per window.
 4. The same folder through ``audioembed extract`` as one process and as two ``--shard``
    processes at once (wall time, process start and model load included).
 
@@ -265,6 +265,31 @@ def profile(folder: Path, model: Path, args) -> None:
                   for _, path, fn in PROFILE_STAGES]
         print(f"  {label:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
               + f" {100 * (1 - sum(shares)):7.1f}%")
+    frontend_cost(sorted(folder.glob("*.wav")), args.repeats)
+
+
+def frontend_cost(paths: list[Path], repeats: int) -> None:
+    """The frontend alone (decode, downmix, checks, resample, STFT + mel, windows and log: every
+    chunk ``extract`` gets from ``streaming.input_chunks``), CPU ms per window, best of ``repeats``."""
+    from audioembed import frontend
+    from audioembed.streaming import input_chunks
+
+    def go() -> int:
+        n = 0
+        for i, path in enumerate(paths):
+            for chunk in input_chunks(i, path, None, frontend.hop_frames(), path.name):
+                n += 0 if chunk.windows is None else chunk.windows.shape[0]
+        return n
+
+    go()
+    costs = []
+    with frontend.single_threaded():
+        for _ in range(max(1, repeats)):
+            c0 = time.process_time()
+            n = go()
+            costs.append((time.process_time() - c0) / n)
+    print(f"  frontend alone: {1000 * min(costs):.3f} CPU ms per window (best of {len(costs)}; "
+          f"{n} windows of {len(paths)} files, 1 thread)")
 
 
 def shards(folder: Path, model: Path, n_windows: int, args) -> None:
