@@ -195,11 +195,13 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     if args.json:
         rows = [[name, f"{n / min(ts):.1f}", "–" if runs[name][1] is None else
                  f"{min(times[runs[name][1]]) / min(ts):.3f}"] for name, ts in times.items()]
-        write_record(args.json, "extract over a folder of clips against the network alone",
-                     ["run", "windows/s (best round)", "ratio to the network alone (best rounds)"], rows,
-                     notes=(f"{len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz, {n} windows, "
-                            f"batch 64, best of {args.repeats} alternating rounds",
-                            summary_line(times, e2e_rows, n_audio_s)))
+        args.record.update(
+            title="extract over a folder of clips against the network alone",
+            columns=["run", "windows/s (best round)", "ratio to the network alone (best rounds)"],
+            rows=rows)
+        args.record["notes"][:0] = [f"{len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz, "
+                                    f"{n} windows, batch 64, best of {args.repeats} alternating rounds",
+                                    summary_line(times, e2e_rows, n_audio_s)]
     if "onnx-int8" in e2e_rows:
         best = {k: min(v) for k, v in times.items()}
         torch_row, int8_row = default_row(e2e_rows, "torch"), default_row(e2e_rows, "onnx-int8")
@@ -265,10 +267,14 @@ def profile(folder: Path, model: Path, args) -> None:
                   for _, path, fn in PROFILE_STAGES]
         print(f"  {label:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
               + f" {100 * (1 - sum(shares)):7.1f}%")
-    frontend_cost(sorted(folder.glob("*.wav")), args.repeats)
+        args.record["notes"].append(
+            f"Where {label}'s time goes (extract under cProfile, no worker): " + ", ".join(
+                f"{name} {100 * x:.1f}%" for (name, _, _), x in zip(PROFILE_STAGES, shares))
+            + f", other {100 * (1 - sum(shares)):.1f}%")
+    args.record["notes"].append(frontend_cost(sorted(folder.glob("*.wav")), args.repeats))
 
 
-def frontend_cost(paths: list[Path], repeats: int) -> None:
+def frontend_cost(paths: list[Path], repeats: int) -> str:
     """The frontend alone (decode, downmix, checks, resample, STFT + mel, windows and log: every
     chunk ``extract`` gets from ``streaming.input_chunks``), CPU ms per window, best of ``repeats``."""
     from audioembed import frontend
@@ -288,8 +294,10 @@ def frontend_cost(paths: list[Path], repeats: int) -> None:
             c0 = time.process_time()
             n = go()
             costs.append((time.process_time() - c0) / n)
-    print(f"  frontend alone: {1000 * min(costs):.3f} CPU ms per window (best of {len(costs)}; "
-          f"{n} windows of {len(paths)} files, 1 thread)")
+    line = (f"frontend alone: {1000 * min(costs):.3f} CPU ms per window (best of {len(costs)}; "
+            f"{n} windows of {len(paths)} files, 1 thread)")
+    print("  " + line)
+    return line
 
 
 def shards(folder: Path, model: Path, n_windows: int, args) -> None:
@@ -332,7 +340,10 @@ def main() -> None:
     ap.add_argument("--only", choices=["memory", "throughput", "profile", "shards"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--json", default=None, metavar="PATH",
-                    help="also write the throughput rows as a benchmarks/results JSON (benchmarks/report.py)")
+                    help="also write the throughput rows (and the profile's shares) as a benchmarks/results "
+                         "JSON (benchmarks/report.py)")
+    ap.add_argument("--conditions", default="",
+                    help="what else ran on the machine, for the JSON record")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -341,6 +352,7 @@ def main() -> None:
     from audioembed.precision import cpu_has_native_bf16
 
     args.bf16 = args.bf16 and cpu_has_native_bf16()
+    args.record = {"notes": []}  # the --json record: throughput's rows, the profile's notes
 
     from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
 
@@ -371,6 +383,9 @@ def main() -> None:
                 profile(folder, model, args)
             if "shards" in parts:
                 shards(folder, model, n_windows, args)
+    if args.json and args.record.get("rows"):
+        write_record(args.json, args.record["title"], args.record["columns"], args.record["rows"],
+                     conditions=args.conditions, notes=tuple(args.record["notes"]))
     print(f"\n{machine_line(load_before)}; total {time.perf_counter() - t_start:.0f} s")
 
 
