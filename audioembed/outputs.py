@@ -7,7 +7,9 @@ position in the whole run's input list, and ``shard`` = ``[K, N_SHARDS]``.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import re
 import secrets
@@ -178,6 +180,13 @@ def atomic_write(path: Path, write: Callable, fsync: bool = False, replace: bool
     (:func:`atomic_create`). ``fsync`` also flushes the data to disk before the rename, for
     files a resume relies on."""
     atomic_create(path, _writer(write, fsync), replace)
+
+
+def write_csv(path: Path, rows: Iterable[Sequence], lineterminator: str = "\n") -> None:
+    """``rows`` as a UTF-8 CSV file at ``path``, written whole or not at all (:func:`atomic_write`)."""
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator=lineterminator).writerows(rows)
+    atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def save_npys(files: Sequence[tuple[Path, np.ndarray]], replace: bool = True) -> None:

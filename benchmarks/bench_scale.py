@@ -319,7 +319,7 @@ def shards(folder: Path, model: Path, n_windows: int, args) -> None:
         "1 process, 2 threads": [(cmd("s.npz"), 2)],
         "2 shard processes, 1 thread each": [(cmd("p.npz", "--shard", f"{k}/2"), 1) for k in range(2)],
     }
-    print(f"\n[4] audioembed extract over the folder as separate processes (start, load, embed, write)")
+    print("\n[4] audioembed extract over the folder as separate processes (start, load, embed, write)")
     for name, runs in configs.items():
         wall = timed(runs)
         print(f"  {name:>34}: {wall:6.1f} s, {n_windows / wall:6.1f} windows/s")

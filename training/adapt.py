@@ -23,10 +23,8 @@ wait for it, then every process trains (``training.distributed``).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as _dt
-import io
 import json
 import math
 import os
@@ -38,7 +36,7 @@ from typing import Callable
 from audioembed import registry
 from audioembed.errors import AudioembedError
 from audioembed.model_folder import CONFIG_NAME, WEIGHTS_NAME, release_provenance, sha256_file
-from audioembed.outputs import atomic_write
+from audioembed.outputs import atomic_write, write_csv
 from training import distributed
 from training.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from training.config import apply_override, from_dict, read_toml
@@ -154,14 +152,10 @@ def _audio_source(audio: str, run: Path) -> tuple[str, str | None]:
     sources, failures = expand_inputs([audio])
     if not sources:
         raise AdaptError(failures[0] if failures else f"{audio}: no audio files")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "bytes"])
-    for src in sources:
-        writer.writerow([str(src.path.resolve()), src.path.stat().st_size])
     run.mkdir(parents=True, exist_ok=True)
     manifest = run / GLOB_MANIFEST
-    atomic_write(manifest, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    write_csv(manifest, [["path", "bytes"]]
+              + [[str(src.path.resolve()), src.path.stat().st_size] for src in sources])
     return str(manifest), None
 
 

@@ -8,8 +8,6 @@ redoes at most one checkpoint interval and one dataset's evaluation.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import subprocess
@@ -20,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from audioembed.outputs import atomic_write
+from audioembed.outputs import atomic_write, write_csv
 from training.experiments.recipe import Arm, Experiment
 from training.machine import machine_info
 
@@ -58,12 +56,8 @@ def _labelled_cache(exp: Experiment, dataset: str, log) -> Path:
     ds = load_dataset(dataset)
     manifest = exp.runs / "_caches" / f"{dataset}.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    rows = io.StringIO(newline="")
-    w = csv.writer(rows)
-    w.writerow(["path", "label"])
-    for path, labels in zip(ds.paths, ds.labels):
-        w.writerow([path, ";".join(labels)])
-    atomic_write(manifest, lambda f: f.write(rows.getvalue().encode("utf-8")))
+    write_csv(manifest, [["path", "label"]] + [[path, ";".join(labels)] for path, labels
+                                               in zip(ds.paths, ds.labels)], lineterminator="\r\n")
     report = build_cache(manifest, out, progress=False)
     log(f"cache {out}: {report.added} clips added, {report.skipped} already cached, "
         f"{len(report.failures)} failed")

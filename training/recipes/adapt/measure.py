@@ -19,8 +19,6 @@ only re-reads it; an interrupted adaptation resumes).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import subprocess
 import sys
@@ -31,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: the training package lives at the repository root
 
-from audioembed.outputs import atomic_write  # noqa: E402
+from audioembed.outputs import atomic_write, write_csv  # noqa: E402
 from training.adapt import DEFAULT_TRIPLETS  # noqa: E402  (adapt's own default budget)
 
 RESULTS = HERE / "results"
@@ -39,12 +37,6 @@ WORK = Path("~/.cache/audioembed/adapt-measure").expanduser()
 DATASETS = ("fsdd", "debian-sfx")
 OTHER = {"fsdd": "debian-sfx", "debian-sfx": "fsdd"}
 BASE = "triplet-resnet50-joint"
-
-
-def _write_csv(path: Path, rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def _parts(dataset: str) -> tuple[list[str], str]:
@@ -61,7 +53,7 @@ def _parts(dataset: str) -> tuple[list[str], str]:
     manifest.parent.mkdir(parents=True, exist_ok=True)
     rows = [["path", "labels", "group"]] + [[p, ";".join(labels), g]
                                             for p, labels, g in zip(ds.paths, ds.labels, ds.groups) if g not in heard]
-    _write_csv(manifest, rows)
+    write_csv(manifest, rows)
     return adapt_paths, str(manifest)
 
 
@@ -74,7 +66,7 @@ def _adapt_source(dataset: str, protocol: str, name: str) -> tuple[str, str]:
         paths, target = _parts(dataset)
     manifest = WORK / f"{name}-audio.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    _write_csv(manifest, [["path"]] + [[p] for p in paths])
+    write_csv(manifest, [["path"]] + [[p] for p in paths])
     return str(manifest), target
 
 
