@@ -24,6 +24,7 @@ import torch
 from audioembed import frontend
 from audioembed.audio_io import AudioError, audio_files, load_waveform
 from audioembed.errors import InvalidArgumentError
+from audioembed.loading import cached_model
 from audioembed.model_folder import ModelFormatError
 from audioembed.onnx_backend import INPUT_NAME, OnnxModel, export_bytes, onnx_model, require
 from audioembed.outputs import atomic_write
@@ -180,11 +181,12 @@ def export_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | N
                 pooled: bool = False) -> dict:
     """Write ``model`` quantized to ``path``; returns its agreement with fp32 on windows it was
     not calibrated on: the synthetic set of another seed, or the calibration folder's next
-    windows (the synthetic set when the folder has none to spare)."""
+    windows (the synthetic set when the folder has none to spare). ``model`` itself is left as
+    it is (a module in training mode is measured through an eval-mode copy)."""
     every = _all_windows(calibrate, 0)
     calib, held_out = every[:CALIBRATION_WINDOWS], every[CALIBRATION_WINDOWS:2 * CALIBRATION_WINDOWS]
     if calibrate is None or not len(held_out):
         held_out = calibration_windows(seed=1)
     data = quantize_bytes(export_bytes(model, pooled), calib)
     atomic_write(Path(path), lambda f: f.write(data))
-    return agreement(model.eval(), OnnxModel(data), held_out)
+    return agreement(cached_model(model, None), OnnxModel(data), held_out)

@@ -199,8 +199,9 @@ class SearchHit:
 class SearchResults:
     """What :func:`search` returns: its :class:`SearchHit` s, best first.
 
-    A sequence of them (``len``, iteration, ``results[0]``, slices), with the columns as
-    ``names``, ``scores`` and ``rows``, and ``to_dicts()`` for JSON.
+    A sequence of them (``len``, iteration, ``results[0]``; a slice such as ``results[1:3]`` is
+    a ``SearchResults`` too), with the columns as ``names``, ``scores`` and ``rows``, and
+    ``to_dicts()`` for JSON.
     """
 
     hits: tuple[SearchHit, ...]
@@ -212,6 +213,8 @@ class SearchResults:
         return iter(self.hits)
 
     def __getitem__(self, i):
+        if isinstance(i, slice):
+            return SearchResults(self.hits[i])
         return self.hits[i]
 
     @property

@@ -42,6 +42,16 @@ def test_int8_export_loads_and_agrees_with_fp32(tmp_path, tiny_model_dir):
     assert e8.shape == e32.shape == (128,) and float(e8 @ e32) > 0.95
 
 
+def test_int8_export_leaves_a_module_in_training_mode_as_it_was(tmp_path, tiny_model_dir):
+    net = load_model(tiny_model_dir).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    agree = export_int8(net, tmp_path / "m.onnx")
+    assert net.training and all(m.training for m in net.modules()), "export_int8 changed the module's mode"
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics too
+    # The agreement is still that of the eval-mode network with its quantized export.
+    assert agree["mean_cosine"] > 0.95
+
+
 @pytest.mark.skipif(not FSDD.is_dir(), reason="needs ../shared/data/fsdd")
 def test_default_model_int8_agrees_with_fp32_on_real_audio():
     files = sorted(str(p) for p in FSDD.glob("*.wav"))[::150]

@@ -117,6 +117,23 @@ def test_search_returns_typed_hits_that_still_read_like_the_old_dicts():
         first.rank = 3
 
 
+def test_a_slice_of_search_results_is_search_results():
+    from audioembed.search import SearchHit, SearchResults
+
+    names = np.array(["a.wav", "b.wav", "c.wav", "d.wav"])
+    index = Index(names, normalise(np.eye(4, dtype=np.float32) + 0.1))
+    got = search(index, np.array([1.0, 0.5, 0.2, 0.0]), k=4)
+    assert got.names == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    part = got[1:3]
+    assert isinstance(part, SearchResults) and len(part) == 2
+    assert part.hits == got.hits[1:3] and part.names == ["b.wav", "c.wav"]
+    assert part.rows.tolist() == [1, 2] and part.scores.dtype == np.float32
+    assert part.to_dicts() == got.to_dicts()[1:3]  # ranks kept: 2 and 3
+    backwards = got[::-1]
+    assert isinstance(backwards, SearchResults) and backwards.names == got.names[::-1]
+    assert isinstance(got[0], SearchHit) and got[-1].name == "d.wav"  # an index is still one hit
+
+
 def test_a_range_query_reads_out_its_windows_as_the_layer_does():
     rng = np.random.default_rng(3)
     win = rng.standard_normal((4, 6)).astype(np.float32)
