@@ -1,6 +1,7 @@
 """Fixtures shared across test files. Keep each one small and documented; tests run on 2 CPUs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +77,55 @@ def unreleased_model(monkeypatch) -> str:
     return UNRELEASED
 
 
-FSDD_RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+# The spoken-digit (FSDD) recordings: $AUDIOEMBED_FSDD (the variable ``python -m training
+# evaluate --dataset fsdd`` reads too), else the folder beside the repository.
+FSDD_ENV = "AUDIOEMBED_FSDD"
+FSDD_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+
+
+@pytest.fixture(scope="session")
+def fsdd_recordings() -> Path:
+    """The FSDD recordings folder (``$AUDIOEMBED_FSDD``, else ``../shared/data/fsdd/recordings``
+    beside the repository); a test that asks for it is skipped where the recordings are absent."""
+    root = Path(os.environ.get(FSDD_ENV) or FSDD_DEFAULT)
+    if not (root / "3_jackson_0.wav").is_file():
+        pytest.skip(f"FSDD recordings not found in {root} (set {FSDD_ENV} to their folder)")
+    return root
 
 
 @pytest.fixture
-def fsdd_recordings() -> Path:
-    """The spoken-digit (FSDD) recordings folder beside the repository; the test is skipped
-    where it is absent."""
-    if not (FSDD_RECORDINGS / "3_jackson_0.wav").is_file():
-        pytest.skip(f"FSDD not found at {FSDD_RECORDINGS}")
-    return FSDD_RECORDINGS
+def bad_files(tmp_path, make_wav) -> dict[str, tuple[Path, str]]:
+    """One file of each kind of bad input, made in ``tmp_path / "bad"``: kind -> (path, the phrase
+    its one-line failure must contain)."""
+    wav = make_wav("_template.wav", seconds=0.5).read_bytes()
+    d = tmp_path / "bad"
+    d.mkdir()
+    cases = {}
+
+    def add(key, name, content, phrase):
+        path = d / name
+        if content is not None:
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        cases[key] = (path, phrase)
+
+    add("empty file", "empty.wav", b"", "empty file (0 bytes)")
+    zero = d / "zero_length.wav"
+    sf.write(zero, np.zeros(0, np.float32), 16000)
+    cases["zero-length audio"] = (zero, "zero-length audio")
+    add("corrupt header", "corrupt.wav", wav[:12] + b"fmt " + b"\x00" * 8, "corrupt or truncated WAV header")
+    add("text named .wav", "notes.wav", "title,artist\nsong,band\n", "is a text file, not audio")
+    add("unsupported format", "movie.m4a", b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 4,
+        "unsupported format (MP4/M4A/AAC)")
+    add("unknown extension", "blob.xyz", bytes(range(256)) * 4, "unsupported format '.xyz'")
+    nan = np.full(8000, 0.1, np.float32)
+    nan[100] = np.nan
+    sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
+    cases["NaN samples"] = (d / "nan.wav", "NaN or infinite samples")
+    inf = np.full(8000, 0.1, np.float32)
+    inf[-1] = np.inf
+    sf.write(d / "inf.wav", inf, 16000, subtype="FLOAT")
+    cases["inf samples"] = (d / "inf.wav", "NaN or infinite samples")
+    add("missing path", "does_not_exist.wav", None, "no such file")
+    os.symlink(d / "gone.wav", d / "dangling.wav")
+    cases["broken symlink"] = (d / "dangling.wav", "broken symbolic link")
+    return cases

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from click.testing import CliRunner
 
 from audioembed import embed, load_model
 from audioembed.model_folder import sha256_file
@@ -18,6 +17,7 @@ from training.checkpoint import read_checkpoint
 from training.cli import main
 from training.feature_cache import FeatureCache
 from training.trainer import LOG_NAME
+from helpers_cli import cli
 
 SR = 16_000
 # One intra-op thread: on a loaded 2-core machine the tiny network's small convolutions run
@@ -54,10 +54,12 @@ def audio(tmp_path_factory) -> Path:
     return folder
 
 
-def run(*args) -> "click.testing.Result":  # noqa: F821
-    return CliRunner().invoke(main, ["adapt", *map(str, args)])
+def run(*args):
+    """``python -m training adapt ARGS...``."""
+    return cli("adapt", *args, command=main)
 
 
+@pytest.mark.slow  # trains (adapts)
 def test_adapt_exports_a_loadable_model_that_differs_from_its_base_with_its_lineage(
         audio, tiny_model_dir, tmp_path):
     out = tmp_path / "mine"
@@ -104,6 +106,7 @@ def test_adapt_exports_a_loadable_model_that_differs_from_its_base_with_its_line
     assert sha256_file(out / "model.safetensors") == weights
 
 
+@pytest.mark.slow  # trains (adapts)
 def test_an_interrupted_adapt_resumes_where_it_stopped(audio, tiny_model_dir, tmp_path, monkeypatch):
     import training.trainer
 
@@ -139,6 +142,7 @@ def test_an_interrupted_adapt_resumes_where_it_stopped(audio, tiny_model_dir, tm
     assert json.loads((out / "adapt" / STATE_NAME).read_text())["finished"] is True
 
 
+@pytest.mark.slow  # trains (adapts)
 def test_a_minutes_budget_on_a_cache_built_beforehand(audio, tiny_model_dir, tmp_path):
     from training.feature_cache import build_cache
 
@@ -162,6 +166,7 @@ def test_a_minutes_budget_on_a_cache_built_beforehand(audio, tiny_model_dir, tmp
     assert "planning" not in again.output
 
 
+@pytest.mark.slow  # trains (measures training steps)
 def test_a_minutes_plan_is_the_rate_measured_on_this_machine(audio, tiny_model_dir, tmp_path):
     from training.adapt import LOOP_SHARE, measured_rate, plan_triplets, recipe_config
     from training.distributed import setup
@@ -197,6 +202,7 @@ def test_adapt_writes_only_into_a_new_folder_or_its_own_run(tmp_path, tiny_model
     assert res.exit_code == 1 and "not empty (broken.wav, c000.wav, c001.wav, ...)" in res.output
 
 
+@pytest.mark.slow  # torchrun, trains
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_adapt_under_torchrun_trains_on_every_process_and_exports_once(audio, tiny_model_dir, tmp_path):
     import contextlib

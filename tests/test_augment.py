@@ -1,12 +1,12 @@
-"""The recording-conditions augmentation (eq, gain, masking) of positives: off by default,
-shape and range kept, each step does what its docstring says, and a step left at probability 0
-draws nothing from the generator."""
+"""The augmentation of positives (crop, background, noise; the recording conditions: eq, gain,
+masking): off by default, shape and range kept, each step does what its docstring says, and a
+step left at probability 0 draws nothing from the generator."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.augment import Augment, band_gains_db, mask_runs
+from training.augment import Augment, band_gains_db, mask_runs, resize_crop
 from training.config import load_config
 from training.feature_cache import FeatureCache
 from training.samplers import make_sampler, sample_batch
@@ -101,3 +101,26 @@ def test_negative_sizes_are_refused():
         Augment(gain_db=-1.0)
     with pytest.raises(ValueError, match="mask_prob"):
         Augment.from_dict({"mask_prob": 1.5})
+
+
+def test_augmentation_keeps_shape_and_range_and_tracks_the_background(cache):
+    fc = FeatureCache(cache)
+    aug = Augment(enabled=True, crop_prob=1.0, background_prob=1.0, noise_prob=1.0)
+    sampler = make_sampler({"translation": {}})
+    plain = sample_batch(sampler, fc, 8, seed=1, rank=0, step=0)
+    hard = sample_batch(sampler, fc, 8, seed=1, rank=0, step=0, augment=aug)
+    assert hard.energies.shape == plain.energies.shape and hard.energies.dtype == np.float32
+    assert np.isfinite(hard.energies).all() and (hard.energies >= 0).all()
+    # Anchors and negatives are untouched; positives changed, and now hold two recordings.
+    np.testing.assert_array_equal(hard.energies[0], plain.energies[0])
+    assert not np.array_equal(hard.energies[1], plain.energies[1])
+    b = 8
+    assert ((hard.recordings[b:2 * b] >= 0).sum(1) == 2).all()
+    # The same (seed, rank, step) gives the same batch.
+    again = sample_batch(sampler, fc, 8, seed=1, rank=0, step=0, augment=aug)
+    np.testing.assert_array_equal(again.energies, hard.energies)
+    # A crop at scale 1 is the identity; a real crop stays within the input's range.
+    x = np.random.default_rng(0).random((96, 64)).astype(np.float32)
+    np.testing.assert_array_equal(resize_crop(x, np.random.default_rng(0), 1.0), x)
+    y = resize_crop(x, np.random.default_rng(1), 0.5)
+    assert y.shape == x.shape and x.min() <= y.min() and y.max() <= x.max()

@@ -38,6 +38,7 @@ max_windows = 2
 """
 
 
+@pytest.mark.slow  # trains
 def test_real_mode_reports_loop_and_bare_rates(tmp_path, capsys, monkeypatch):
     import real_loop
 

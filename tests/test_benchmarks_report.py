@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_committed_benchmarks_page_matches_its_json():
     """What `python benchmarks/report.py --check` checks, on every CI run."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],

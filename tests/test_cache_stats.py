@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from training.cache_stats import describe
 from training.cli import main
 from training.feature_cache import CacheWriter, FeatureCache
+from helpers_cli import cli
 
 F = 64
 
@@ -38,9 +38,9 @@ def test_describe_measures_lengths_and_proximity_offsets(cache_dir):
 
 
 def test_cli_prints_the_shares(cache_dir):
-    res = CliRunner().invoke(main, ["cache-stats", str(cache_dir), "--draws", "500"])
+    res = cli("cache-stats", cache_dir, "--draws", "500", command=main)
     assert res.exit_code == 0, res.output
     assert "3 files in 3 recordings" in res.output and "33.3%" in res.output
     assert "positive overlaps its anchor" in res.output
-    bad = CliRunner().invoke(main, ["cache-stats", str(cache_dir.parent)])
+    bad = cli("cache-stats", cache_dir.parent, command=main)
     assert bad.exit_code != 0 and "not a feature cache" in bad.output

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from click.testing import CliRunner
 
 from audioembed import AudioResNet, Classifier, save_model_folder
 from audioembed.classify import CONFIG_NAME, WEIGHTS_NAME, ClassifierError
-from audioembed.cli import main
 from conftest import TINY_MODEL_CONFIG
+from helpers_cli import cli
 
 SR = 16_000
 CLASSES = ("high", "low", "noise")
@@ -66,10 +65,6 @@ def fitted(clips, tiny_model_dir) -> Classifier:
 def _accuracy(clf: Classifier, root: Path) -> float:
     paths, labels = _split(root, TEST)
     return float(np.mean(np.array(clf.predict(paths)) == np.array(labels)))
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_a_fitted_classifier_separates_the_classes(fitted, clips):
@@ -149,16 +144,16 @@ def _train_folder(clips: Path, dest: Path) -> Path:
 
 def test_cli_fit_from_folders_and_from_csv_train_the_same_classifier(clips, tiny_model_dir, tmp_path):
     data = _train_folder(clips, tmp_path / "data")
-    res = run("classify", "fit", data, "-o", tmp_path / "a", "--model", tiny_model_dir)
+    res = cli("classify", "fit", data, "-o", tmp_path / "a", "--model", tiny_model_dir)
     assert res.exit_code == 0, res.output
     assert "trained on 12 files of 3 classes (early stopping" in res.stderr
     csv = tmp_path / "train.csv"
     rows = [f"data/{label}/{p.name},{label}" for p, label in zip(*_split(clips, TRAIN))]
     csv.write_text("path,label\n" + "\n".join(rows) + "\n")
-    res = run("classify", "fit", csv, "-o", tmp_path / "b", "--model", tiny_model_dir, "-q")
+    res = cli("classify", "fit", csv, "-o", tmp_path / "b", "--model", tiny_model_dir, "-q")
     assert res.exit_code == 0 and res.stderr == "", res.output
     assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
-    res = run("classify", "fit", csv, "-o", tmp_path / "b", "--model", tiny_model_dir)
+    res = cli("classify", "fit", csv, "-o", tmp_path / "b", "--model", tiny_model_dir)
     assert res.exit_code == 2 and "already holds a classifier; pass --overwrite" in res.stderr
 
 
@@ -167,7 +162,7 @@ def test_cli_fit_leaves_out_a_bad_file_and_a_bad_row(clips, tiny_model_dir, tmp_
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
     csv = tmp_path / "train.csv"
     csv.write_text("\n".join(rows + ["broken.wav,low", "only-one-field"]) + "\n")
-    res = run("classify", "fit", csv, "-o", tmp_path / "clf", "--model", tiny_model_dir, "-q")
+    res = cli("classify", "fit", csv, "-o", tmp_path / "clf", "--model", tiny_model_dir, "-q")
     assert res.exit_code == 1
     assert "2 failed (15 of 16 inputs embedded)" in res.stderr
     assert "broken.wav" in res.stderr and "(left out of training)" in res.stderr
@@ -177,13 +172,13 @@ def test_cli_fit_leaves_out_a_bad_file_and_a_bad_row(clips, tiny_model_dir, tmp_
 
 
 def test_cli_fit_usage_errors(clips, tiny_model_dir, tmp_path):
-    res = run("classify", "fit", clips / "low", "-o", tmp_path / "x", "--model", tiny_model_dir)
+    res = cli("classify", "fit", clips / "low", "-o", tmp_path / "x", "--model", tiny_model_dir)
     assert res.exit_code == 2 and "no sub-folders" in res.stderr
-    res = run("classify", "fit", tmp_path / "missing.csv", "-o", tmp_path / "x")
+    res = cli("classify", "fit", tmp_path / "missing.csv", "-o", tmp_path / "x")
     assert res.exit_code == 2 and "no such file or folder" in res.stderr
     one = tmp_path / "one.csv"
     one.write_text(f"{clips / 'low' / '0.wav'},low\n{clips / 'low' / '1.wav'},low\n")
-    res = run("classify", "fit", one, "-o", tmp_path / "x", "--model", tiny_model_dir)
+    res = cli("classify", "fit", one, "-o", tmp_path / "x", "--model", tiny_model_dir)
     assert res.exit_code == 2 and "found only 'low'" in res.stderr
     assert not (tmp_path / "x").exists()
 
@@ -197,7 +192,7 @@ def test_cli_predict_prints_label_and_score_and_a_bad_input_fails_alone(clf_dir,
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"\x00" * 10)
     good = [clips / "high" / "5.wav", clips / "noise" / "6.wav"]
-    res = run("classify", "predict", clf_dir, good[0], bad, good[1])
+    res = cli("classify", "predict", clf_dir, good[0], bad, good[1])
     assert res.exit_code == 1
     lines = [line.split("\t") for line in res.stdout.splitlines()]
     assert [(p, label) for p, label, _ in lines] == [(str(good[0]), "high"), (str(good[1]), "noise")]
@@ -206,16 +201,16 @@ def test_cli_predict_prints_label_and_score_and_a_bad_input_fails_alone(clf_dir,
 
 
 def test_cli_predict_json_top_k_folders_and_globs(clf_dir, clips):
-    res = run("classify", "predict", clf_dir, clips / "low", "--json")
+    res = cli("classify", "predict", clf_dir, clips / "low", "--json")
     assert res.exit_code == 0
     rows = json.loads(res.stdout)
     assert len(rows) == PER_CLASS and {r["label"] for r in rows} == {"low"}
     assert set(rows[0]) == {"path", "label", "score"} and isinstance(rows[0]["score"], float)
-    res = run("classify", "predict", clf_dir, str(clips / "*" / "7.wav"), "--json", "-k", "2")
+    res = cli("classify", "predict", clf_dir, str(clips / "*" / "7.wav"), "--json", "-k", "2")
     rows = json.loads(res.stdout)
     assert [r["label"][0] for r in rows] == list(CLASSES)
     assert all(len(r["label"]) == len(r["score"]) == 2 and r["score"][0] >= r["score"][1] for r in rows)
-    res = run("classify", "predict", clf_dir, clips / "high" / "7.wav", "-k", "3")
+    res = cli("classify", "predict", clf_dir, clips / "high" / "7.wav", "-k", "3")
     fields = res.stdout.strip().split("\t")
     assert len(fields) == 7 and fields[1] == "high" and sorted(fields[1::2]) == list(CLASSES)
 
@@ -223,7 +218,7 @@ def test_cli_predict_json_top_k_folders_and_globs(clf_dir, clips):
 def test_cli_predict_refuses_a_model_with_other_weights(clf_dir, clips, tmp_path):
     torch.manual_seed(1)
     other = save_model_folder(AudioResNet(TINY_MODEL_CONFIG), tmp_path / "other")
-    res = run("classify", "predict", clf_dir, clips / "low" / "5.wav", "--model", other)
+    res = cli("classify", "predict", clf_dir, clips / "low" / "5.wav", "--model", other)
     assert res.exit_code == 2 and res.stdout == ""
     error = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "trained on the embeddings of model" in error[0]
@@ -233,8 +228,8 @@ def test_cli_predict_refuses_a_model_with_other_weights(clf_dir, clips, tmp_path
 
 
 def test_cli_predict_refuses_a_folder_that_is_not_a_classifier(tmp_path, clips):
-    res = run("classify", "predict", tmp_path, clips / "low" / "5.wav")
+    res = cli("classify", "predict", tmp_path, clips / "low" / "5.wav")
     assert res.exit_code == 2 and "not a classifier folder" in res.stderr
     (tmp_path / CONFIG_NAME).write_text('{"format": "something-else"}')
-    res = run("classify", "predict", tmp_path, clips / "low" / "5.wav")
+    res = cli("classify", "predict", tmp_path, clips / "low" / "5.wav")
     assert res.exit_code == 2 and "format 'something-else'" in res.stderr

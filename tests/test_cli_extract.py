@@ -1,4 +1,5 @@
-"""``audioembed extract`` and ``audioembed info``: outputs, layouts, exit codes, progress."""
+"""``audioembed extract`` and ``audioembed info``: outputs, layouts, exit codes, progress; a batch
+with bad inputs writes every good one and lists each bad one on a line of its own."""
 from __future__ import annotations
 
 import io
@@ -10,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+import soundfile as sf
 
 from audioembed import backends, embed, extract, frontend, outputs, precision
-from audioembed.cli import main
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from helpers_cli import cli
 
 
 def assert_unit(e: np.ndarray) -> None:
@@ -301,6 +298,7 @@ def test_info_registered_model_without_weights(unreleased_model):
     assert cli("info", "--model", "no-such-model").exit_code == 2
 
 
+@pytest.mark.slow  # a subprocess
 def test_python_dash_m(tmp_path):
     res = subprocess.run([sys.executable, "-m", "audioembed", "extract", "--help"], capture_output=True,
                          text=True, cwd=Path(__file__).parents[1], timeout=120,
@@ -320,6 +318,7 @@ def test_extract_with_the_bundled_default_model(tmp_path, fsdd_recordings):
     assert_unit(e)
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_and_version_do_not_import_torch():
     code = ("import sys; from audioembed.cli import main\n"
             "try:\n    main(['--help'], prog_name='audioembed')\nexcept SystemExit:\n    pass\n"
@@ -362,3 +361,95 @@ def test_package_docstrings_point_at_documents_that_exist():
         assert "README" not in text, f"{path.name} refers to the README"
         for ref in re.findall(r"\bdocs/[\w-]+\.md\b", text):
             assert (root / ref).is_file(), f"{path.name}: {ref}"
+
+
+def test_a_batch_writes_every_good_file_and_lists_the_bad_ones(bad_files, make_wav, tiny_model_dir, tmp_path):
+    goods = [make_wav("in/good1.wav", seconds=0.7, seed=1), make_wav("in/good2.flac", seconds=1.5, seed=2)]
+    bads = [p for p, _ in bad_files.values()]
+    inputs = [goods[0], *bads, goods[1]]
+    res = cli("extract", *inputs, "-o", tmp_path / "out", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 1
+    for g in goods:
+        e = np.load(tmp_path / "out" / f"{g.stem}.npy")
+        np.testing.assert_allclose(e, embed(g, model=tiny_model_dir), atol=1e-6)
+    lines = res.stderr.splitlines()
+    assert lines[0] == f"{len(bads)} failed (2 of {len(bads) + 1} inputs embedded):"
+    for path, phrase in bad_files.values():
+        [line] = [ln for ln in lines if ln.strip().startswith(f"{path}: ")]
+        assert phrase in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.npy", "good2.npy"]
+
+
+def test_an_unexpected_error_fails_that_input_only(make_wav, tiny_model_dir, tmp_path, monkeypatch):
+    from audioembed import streaming
+
+    files = [make_wav(f"d/{k}.wav", seconds=0.5, seed=i) for i, k in enumerate("abc")]
+    real_update = streaming.SampleChecker.update
+
+    def update(self, block):
+        if self.name.endswith("b.wav"):
+            raise RuntimeError("simulated bug\nsecond line")
+        real_update(self, block)
+
+    monkeypatch.setattr(streaming.SampleChecker, "update", update)
+    for workers in (0, 1):
+        out = tmp_path / f"out{workers}"
+        report = extract.run(files, out, model=tiny_model_dir, workers=workers)
+        assert report.failures == [f"{files[1]}: failed with RuntimeError: simulated bug second line"]
+        assert sorted(p.name for p in out.iterdir()) == ["a.npy", "c.npy"]
+
+    def interrupt(self, block):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streaming.SampleChecker, "update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract.run(files, tmp_path / "out_int", model=tiny_model_dir)
+
+
+def test_folder_scans_count_the_files_they_skip(make_wav, tiny_model_dir, tmp_path):
+    make_wav("d/a.wav", seconds=0.5)
+    for name in ["x.m4a", "y.m4a", "notes.txt", "README"]:
+        (tmp_path / "d" / name).write_bytes(b"x")
+    res = cli("extract", tmp_path / "d", "-o", tmp_path / "out", "--model", tiny_model_dir)
+    assert res.exit_code == 0
+    assert ("note: skipped 4 files without an audio extension in the folders searched (.m4a 2, "
+            "(no extension) 1, .txt 1); name a file explicitly to try it anyway") in res.stderr
+
+
+def test_a_missing_named_input_does_not_say_0_of_0(tiny_model_dir, tmp_path):
+    res = cli("extract", tmp_path / "gone.wav", "-o", tmp_path / "e.npy", "--model", tiny_model_dir)
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == "1 failed (no audio inputs found):"
+    assert "0 of 0" not in res.stderr
+
+
+def test_non_utf8_file_names_are_embedded(make_wav, tiny_model_dir, tmp_path):
+    src = make_wav("d/plain.wav", seconds=0.8)
+    raw = os.fsencode(tmp_path / "d") + b"/caf\xe9.wav"
+    os.rename(src, raw)
+    bad_raw = os.fsencode(tmp_path / "d") + b"/bad\xff.wav"
+    with open(bad_raw, "wb") as f:
+        f.write(b"not audio at all, just text\n")
+    res = cli("extract", tmp_path / "d", "-o", tmp_path / "out", "--model", tiny_model_dir, "-q")
+    assert res.exit_code == 1
+    out = os.fsencode(tmp_path / "out") + b"/caf\xe9.npy"
+    assert os.path.exists(out)
+    np.testing.assert_allclose(np.load(out), embed(os.fsdecode(raw), model=tiny_model_dir), atol=1e-6)
+    # Printed with the undecodable byte escaped, and for the right reason.
+    assert f"{tmp_path / 'd'}/bad\\xff.wav: is a text file, not audio" in res.stderr
+    report = extract.run([os.fsdecode(raw)], tmp_path / "all.npz", model=tiny_model_dir)
+    assert report.failures == []
+    assert os.fsencode(str(np.load(tmp_path / "all.npz")["names"][0])) == raw
+
+
+@pytest.mark.usefixtures("one_thread")  # many small forward passes
+def test_a_newline_in_a_file_name_keeps_its_failure_on_one_line(tmp_path, tiny_model_dir):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "bad\nname.wav").write_bytes(b"not audio at all, just text\n")
+    sf.write(folder / "good.wav", np.full(16000, 0.1, np.float32), 16000)
+    res = cli("extract", folder, "-o", tmp_path / "out", "--model", tiny_model_dir, "-q", "--workers", "0")
+    assert res.exit_code == 1
+    lines = [line for line in res.stderr.splitlines() if "bad" in line]
+    assert len(lines) == 1 and "bad\\nname.wav" in lines[0], res.stderr
+    assert "name.wav" not in res.stderr.replace("bad\\nname.wav", "")

@@ -8,16 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from audioembed import shards
-from audioembed.cli import main
 from audioembed.loading import load_model
 from audioembed.model_folder import ModelFormatError, load_model_folder
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers_cli import cli
 
 
 def assert_usage_error(res, phrase: str) -> None:

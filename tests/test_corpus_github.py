@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from training.corpus import github
 from training.corpus.cli import corpus
 from training.corpus.debian import CorpusError
 from training.feature_cache import read_manifest as read_cache_manifest
+from helpers_cli import cli
 
 SR = 16000
 
@@ -57,7 +57,7 @@ def test_wrong_duration_and_missing_file_are_reported(tmp_path):
     report = github.build(tmp_path / "out", src, jobs=1)
     assert report["missing"] == ["birds/gone.ogg"]
     assert [d["path"] for d in report["duration_mismatch"]] == ["birds/call_0.ogg"]
-    result = CliRunner().invoke(corpus, ["github", "--source", str(src), "--out", str(tmp_path / "o2")])
+    result = cli("github", "--source", src, "--out", tmp_path / "o2", command=corpus)
     assert result.exit_code == 1, result.output
     assert "missing: 1" in result.output
 

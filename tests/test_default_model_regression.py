@@ -17,6 +17,8 @@ from make_default_model_fixture import OUT, RATES, SR, signal  # noqa: E402
 
 from audioembed import embed, load_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the bundled ResNet-50 over the fixture's windows at two rates
+
 ATOL = 1e-4
 
 

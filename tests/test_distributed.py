@@ -24,6 +24,8 @@ from training.samplers import make_sampler, sample_batch
 from training.checkpoint import load_checkpoint
 from training.trainer import LOG_NAME, train_step
 
+pytestmark = pytest.mark.slow  # two-process training (torchrun, spawned ranks)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,4 +1,5 @@
-"""``embed()``: shapes, order, per-window output, pooling, batch invariance, input kinds."""
+"""``embed()``: shapes, order, per-window output, pooling, batch invariance, input kinds, sample
+rates, channels, and inputs whose embedding would not be finite."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from audioembed import Embeddings, ModelNotAvailableError, embed, frontend
+from audioembed import AudioError, Embeddings, ModelNotAvailableError, api, embed, extract, frontend
+from audioembed.errors import AudioembedError
 from audioembed.model_folder import save_model_folder
 from helpers_hub import tiny_model
+from test_streaming import tone
 
 SR = 16_000
 LENGTHS_S = (0.3, 0.96, 1.5, 3.7, 10.0, 2.0)  # 1, 1, 2, 4, 10, 2 windows
@@ -218,3 +221,70 @@ def test_workers_none_is_the_clis_automatic_choice(model, clips, monkeypatch):
         assert asked[-1] == auto
     np.testing.assert_array_equal(embed(clips[:3], sr=SR, model=model, workers=2), want)
     assert asked[-1] == 2  # an explicit count is used as given
+
+
+def test_six_channels_embed_as_their_mean(make_wav, tiny_model_dir):
+    rng = np.random.default_rng(7)
+    # Different content per channel, so averaging differs from taking any one channel.
+    chans = (0.2 * rng.standard_normal((24000, 6))).astype(np.float32)
+    multi = make_wav("six.wav", chans, subtype="FLOAT")
+    mono = make_wav("mean.wav", chans.astype(np.float64).mean(1).astype(np.float32), subtype="FLOAT")
+    first = make_wav("first.wav", chans[:, 0], subtype="FLOAT")
+    e_multi, e_mono, e_first = embed([multi, mono, first], model=tiny_model_dir)
+    np.testing.assert_allclose(e_multi, e_mono, atol=1e-5)
+    assert np.abs(e_multi - e_first).max() > 1e-3
+
+
+@pytest.mark.usefixtures("one_thread")  # many small forward passes
+def test_embed_takes_an_integral_float_sample_rate(tiny_model_dir):
+    x = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    want = api.embed(x, sr=16000, model=tiny_model_dir)
+    for sr in (16000.0, np.float64(16000), np.float32(16000)):
+        np.testing.assert_array_equal(api.embed(x, sr=sr, model=tiny_model_dir), want)
+    for bad in (16000.5, float("nan"), True):
+        with pytest.raises(AudioembedError, match="invalid sample rate"):
+            api.embed(x, sr=bad, model=tiny_model_dir)
+
+
+def test_huge_finite_samples_fail_instead_of_a_nan_embedding(make_wav, tiny_model_dir, tmp_path):
+    from audioembed import hear
+    from audioembed.loading import load_model
+
+    huge = (4e18 * tone(16000, 1.5) / 0.3).astype(np.float32)
+    assert np.isfinite(huge).all()
+    path = make_wav("huge.wav", huge, subtype="FLOAT")
+    good = make_wav("good.wav", seconds=1.0)
+    report = extract.run([path, good], tmp_path / "out", model=tiny_model_dir)
+    [reason] = report.failures
+    assert reason.startswith(f"{path}: its embedding is not finite") and "peak 4e+18" in reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.npy"]
+    with pytest.raises(AudioError, match="not finite"):
+        embed(huge, sr=16000, model=tiny_model_dir)
+    model = hear.HearModel(load_model(tiny_model_dir))
+    batch = torch.stack([torch.from_numpy(tone(16000, 1.5)), torch.from_numpy(huge)])
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=r"sounds \[1\] are not finite"):
+            fn(batch, model)
+
+
+def test_a_huge_batch_size_does_not_queue_a_long_file(tiny_model_dir):
+    from audioembed import api
+    from audioembed.loading import load_model
+
+    net = load_model(tiny_model_dir)
+    sizes = []
+
+    def model(windows):
+        sizes.append(windows.shape[0])
+        return api.embed_windows(net, windows)
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 60)).astype(np.float32)
+    features = api.iter_features([x], 16000, hop_seconds=0.24)  # 248 windows of 0.96 s, hop 0.24 s
+    monkey_cap = api.MAX_QUEUED_WINDOWS
+    try:
+        api.MAX_QUEUED_WINDOWS = 100
+        [res] = list(api.iter_embeddings(features, model, batch_size=10**6))
+    finally:
+        api.MAX_QUEUED_WINDOWS = monkey_cap
+    assert sizes == [100, 100, 48] and res.window_embeddings.shape[0] == 248
+    np.testing.assert_allclose(res.embedding, embed(x, sr=16000, hop=0.24, model=net), atol=1e-5)

@@ -38,6 +38,7 @@ def manifest(tmp_path_factory):
     return root / "set.csv"
 
 
+@pytest.mark.slow  # subprocesses
 def test_evaluate_logmel_end_to_end(manifest, tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     cache = tmp_path / "cache"
@@ -71,6 +72,7 @@ def test_evaluate_logmel_end_to_end(manifest, tmp_path):
     assert table[0].startswith("| Representation | Dataset | Dim | QbE mAP | QbE recovery |")
 
 
+@pytest.mark.slow  # a subprocess
 def test_evaluate_a_model_folder(manifest, tmp_path):
     """A (tiny, untrained) model folder goes through resolve_model and iter_embeddings."""
     import torch
@@ -89,6 +91,7 @@ def test_evaluate_a_model_folder(manifest, tmp_path):
     assert len(list(cache.glob(f"{res['model']['sha256'][:12]}_set_*.npz"))) == 1
 
 
+@pytest.mark.slow  # a subprocess
 def test_evaluate_missing_dataset_is_a_clear_error(tmp_path):
     proc = _run("evaluate", "--model", "logmel", "--dataset", "debian-sfx",
                 "--data-root", str(tmp_path / "none"))
@@ -96,6 +99,7 @@ def test_evaluate_missing_dataset_is_a_clear_error(tmp_path):
     assert "python -m training corpus debian" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_evaluate_report_rejects_other_json(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     proc = _run("evaluate-report", str(tmp_path / "x.json"))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_cli import cli
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
-FSDD = Path(__file__).parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 
 
 def run_example(name: str, args: list, monkeypatch, capsys) -> str:
@@ -18,20 +19,19 @@ def run_example(name: str, args: list, monkeypatch, capsys) -> str:
     return capsys.readouterr().out
 
 
-def fsdd_subset(tmp_path: Path, digits: str, per_digit: int) -> Path:
-    if not FSDD.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+def fsdd_subset(fsdd: Path, tmp_path: Path, digits: str, per_digit: int) -> Path:
+    """Links to Jackson's first ``per_digit`` recordings of each of ``digits`` in ``tmp_path / "fsdd"``."""
     folder = tmp_path / "fsdd"
     folder.mkdir()
     for d in digits:
         for i in range(per_digit):
-            src = FSDD / f"{d}_jackson_{i}.wav"
+            src = fsdd / f"{d}_jackson_{i}.wav"
             (folder / src.name).symlink_to(src)
     return folder
 
 
-def test_query_by_example_on_fsdd(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    folder = fsdd_subset(tmp_path, "37", 3)
+def test_query_by_example_on_fsdd(fsdd_recordings, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    folder = fsdd_subset(fsdd_recordings, tmp_path, "37", 3)
     query = folder / "7_jackson_1.wav"
     out = run_example("query_by_example.py", [query, folder, "--model", tiny_model_dir, "--top", "4"],
                       monkeypatch, capsys)
@@ -44,11 +44,11 @@ def test_query_by_example_on_fsdd(tiny_model_dir, tmp_path, monkeypatch, capsys)
     assert scores == sorted(scores, reverse=True)
 
 
-def test_few_shot_classifier_on_fsdd(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_few_shot_classifier_on_fsdd(fsdd_recordings, tiny_model_dir, tmp_path, monkeypatch, capsys):
     # "one" against "six": the hiss of the /s/ fills high bands that even the tiny random
     # network's embedding responds to (both classifiers were 10/10 when this was written;
     # "zero" against "one" is near chance for it).
-    folder = fsdd_subset(tmp_path, "16", 10)
+    folder = fsdd_subset(fsdd_recordings, tmp_path, "16", 10)
     out = run_example("few_shot_classifier.py", [folder, "--model", tiny_model_dir, "--shots", 5,
                                                   "--test", 5], monkeypatch, capsys)
     lines = out.splitlines()
@@ -86,10 +86,6 @@ def test_few_shot_classifier_refuses_too_few_clips(tiny_model_dir, make_wav, tmp
 
 
 def test_the_quick_start_clip_is_small_licensed_and_reproducible(tmp_path, tiny_model_dir):
-    from click.testing import CliRunner
-
-    from audioembed.cli import main
-
     clip = EXAMPLES / "audio" / "chime_and_knocks.wav"
     assert clip.stat().st_size < 100_000
     notes = (EXAMPLES / "audio" / "README.md").read_text()
@@ -99,8 +95,7 @@ def test_the_quick_start_clip_is_small_licensed_and_reproducible(tmp_path, tiny_
     assert again.read_bytes() == clip.read_bytes()
     readme = (EXAMPLES.parent / "README.md").read_text()
     assert "audioembed extract examples/audio/chime_and_knocks.wav -o emb.npy" in readme
-    res = CliRunner().invoke(main, ["extract", str(clip), "-o", str(tmp_path / "emb.npy"), "--model",
-                                    str(tiny_model_dir), "-q"])
+    res = cli("extract", clip, "-o", tmp_path / "emb.npy", "--model", tiny_model_dir, "-q")
     assert res.exit_code == 0, res.output
     e = np.load(tmp_path / "emb.npy")
     assert e.shape == (128,) and abs(float(np.linalg.norm(e)) - 1) < 1e-4

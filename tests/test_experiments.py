@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from training.cli import main
 from training.config import ConfigError, apply_override, load_config
 from training.experiments import tables
 from training.experiments.recipe import RecipeError, load_experiment
 from training.experiments.runner import run_experiment
+from helpers_cli import cli
 
 from test_trainer import synth_cache
 
@@ -87,11 +87,12 @@ def finished(tmp_path_factory):
     cache = synth_cache(tmp)
     (tmp / "toy").mkdir()
     recipe = write_recipe(tmp, cache, labelled_set(tmp / "toy"))
-    result = CliRunner().invoke(main, ["experiment", str(recipe)], catch_exceptions=False)
+    result = cli("experiment", recipe, command=main)
     assert result.exit_code == 0, result.output
     return tmp, recipe
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_experiment_runs_both_arms_and_tabulates(finished):
     tmp, recipe = finished
     exp = load_experiment(recipe)
@@ -133,6 +134,7 @@ def test_experiment_runs_both_arms_and_tabulates(finished):
     assert f"| {q:.3f} |" in noise_t2
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_scratch_resumes_from_its_stored_trials(finished, monkeypatch):
     tmp, recipe = finished
     exp = load_experiment(recipe)
@@ -155,6 +157,7 @@ def test_scratch_resumes_from_its_stored_trials(finished, monkeypatch):
         supervised_baseline.run_scratch(exp, arm, exp.runs / "scratch", log=lambda m: None)
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_figures_are_drawn_from_the_results(finished):
     tmp, _ = finished
     for name in ("dev_qbe.png", "table2_bars.png"):
@@ -163,6 +166,7 @@ def test_figures_are_drawn_from_the_results(finished):
     assert not (tmp / "figures" / "map_2d.png").exists()  # the toy recipe asks for no map
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_rerun_skips_finished_arms_and_check_passes(finished):
     tmp, recipe = finished
     exp = load_experiment(recipe)
@@ -171,10 +175,11 @@ def test_rerun_skips_finished_arms_and_check_passes(finished):
     assert run_experiment(exp, log=logs.append) == []
     assert sum("skipped" in line for line in logs) == 3
     assert {p.name: p.stat().st_mtime_ns for p in (tmp / "results/toy").iterdir()} == before
-    result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
+    result = cli("experiment", recipe, "--check", command=main)
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_check_fails_on_a_stale_table_or_card(finished, tmp_path):
     _, recipe = finished
     exp = load_experiment(recipe)
@@ -182,7 +187,7 @@ def test_check_fails_on_a_stale_table_or_card(finished, tmp_path):
         original = path.read_text()
         try:
             path.write_text(original.replace("| Noise |", "| Noise (edited) |", 1))
-            result = CliRunner().invoke(main, ["experiment", str(recipe), "--check"])
+            result = cli("experiment", recipe, "--check", command=main)
             assert result.exit_code == 1 and "stale" in result.output
         finally:
             path.write_text(original)
@@ -221,6 +226,7 @@ def test_the_paper_recipe_resolves_to_valid_training_configs():
             assert arm.train_on == "debian-sfx-topline-train" and arm.role == "topline"
 
 
+@pytest.mark.slow  # trains (the finished experiment)
 def test_tables_leave_out_columns_an_experiment_has_nothing_for(finished):
     """No topline arm: no recovery columns. ``paper_column = false``: no paper side column."""
     import dataclasses

@@ -19,6 +19,8 @@ from training.feature_cache import build_cache
 from training.checkpoint import load_checkpoint
 from training.trainer import train
 
+pytestmark = pytest.mark.slow  # trains the checkpoint it exports; a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 
 

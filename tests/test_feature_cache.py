@@ -12,6 +12,7 @@ from audioembed import frontend
 from audioembed.audio_io import load_waveform
 from training import feature_cache as fc
 from training.feature_cache import CACHE_SCALE, CacheWriter, FeatureCache, build_cache, read_manifest
+from helpers_cli import cli
 
 
 def _write_audio(folder, rates=(16000, 22050, 8000, 44100), seconds=(1.5, 2.0, 1.2, 0.5)):
@@ -41,6 +42,7 @@ def corpus(tmp_path):
     return audio, manifest
 
 
+@pytest.mark.slow  # two decoding worker processes
 def test_cache_matches_frontend_and_groups_recordings(tmp_path, corpus):
     audio, manifest = corpus
     report = build_cache(manifest, tmp_path / "cache", root=audio, jobs=2, progress=False)
@@ -133,13 +135,10 @@ def test_manifest_forms(tmp_path, corpus):
 
 
 def test_cache_command(tmp_path, corpus):
-    from click.testing import CliRunner
-
     from training.cli import cache
 
     audio, manifest = corpus
-    res = CliRunner().invoke(cache, ["--manifest", str(manifest), "--root", str(audio),
-                                     "--out", str(tmp_path / "c"), "--jobs", "1"])
+    res = cli("--manifest", manifest, "--root", audio, "--out", tmp_path / "c", "--jobs", "1", command=cache)
     assert res.exit_code == 0, res.output
     assert "4 files cached" in res.output and "1 failed" in res.output and "broken.wav" in res.output
     assert FeatureCache(tmp_path / "c").num_files == 4

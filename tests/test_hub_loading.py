@@ -17,6 +17,7 @@ import pytest
 from audioembed import embed, load_model, registry
 from audioembed.loading import ModelNotAvailableError, parse_hub_name
 from audioembed.model_folder import CONFIG_NAME, WEIGHTS_NAME, ModelFormatError, save_model_folder, sha256_file
+from helpers_cli import cli
 from helpers_hub import HubServer, commit_id, tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,7 @@ def folder_windows(folder: Path, wave: Path) -> np.ndarray:
     return embed(np.load(wave), sr=16000, model=load_model(folder), windows=True).window_embeddings
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_hub_load_matches_the_folder_at_the_pinned_revision(hub_run, one_thread):
     v10, main = hub_run["online"][:2]
     assert "error" not in v10 and "error" not in main
@@ -122,6 +124,7 @@ def test_hub_load_matches_the_folder_at_the_pinned_revision(hub_run, one_thread)
     assert not np.allclose(want_v10, want_main, atol=1e-3)
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_hub_download_lands_in_cache_dir_with_client_headers(hub_run):
     cache, hf_home = hub_run["cache"], hub_run["hf_home"]
     snap = cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / commit_id(f"{REPO_ID}@v1.0")
@@ -140,6 +143,7 @@ def test_hub_download_lands_in_cache_dir_with_client_headers(hub_run):
     assert weight_revs == {commit_id(f"{REPO_ID}@main"), commit_id(f"{REPO_ID}@v1.0")}
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_offline_load_from_the_filled_cache(hub_run):
     off_v10, off_main, _ = hub_run["offline"]
     assert "error" not in off_v10, off_v10
@@ -149,18 +153,21 @@ def test_offline_load_from_the_filled_cache(hub_run):
     np.testing.assert_array_equal(np.load(tmp / "off-main.npy"), np.load(tmp / "on-main.npy"))
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_offline_uncached_revision_says_so(hub_run):
     err = hub_run["offline"][2]
     assert err.get("error") == "ModelNotAvailableError", err
     assert "v1.1" in err["message"] and "HF_HUB_OFFLINE" in err["message"]
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_unknown_revision_fails_clearly(hub_run):
     err = hub_run["online"][2]
     assert err.get("error") == "ModelNotAvailableError", err
     assert "revision 'v9'" in err["message"] and REPO_ID in err["message"]
 
 
+@pytest.mark.slow  # subprocesses (the hub_run fixture)
 def test_unknown_repository_fails_clearly(hub_run):
     err = hub_run["online"][3]
     assert err.get("error") == "ModelNotAvailableError", err
@@ -230,10 +237,7 @@ def test_registry_hub_entry_checks_sha256(fake_hub, monkeypatch):
 
 
 def test_one_revision_setting_for_every_entry_point(fake_hub, monkeypatch, tmp_path):
-    from click.testing import CliRunner
-
     from audioembed import loading
-    from audioembed.cli import main
 
     monkeypatch.setattr(loading, "_MODEL_CACHE", {})  # each name below is loaded, not reused
     # The name's @rev and revision= are one setting: equal is fine, different raises.
@@ -252,12 +256,10 @@ def test_one_revision_setting_for_every_entry_point(fake_hub, monkeypatch, tmp_p
     import soundfile as sf
 
     sf.write(tmp_path / "x.wav", x, 16000)
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "x.wav"), "-o", str(tmp_path / "x.npy"),
-                                    "--model", "hf-hub:org/repo@v6", "-q"])
+    res = cli("extract", tmp_path / "x.wav", "-o", tmp_path / "x.npy", "--model", "hf-hub:org/repo@v6", "-q")
     assert res.exit_code == 0, res.output
     assert fake_hub["calls"][-2]["revision"] == "v6"
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "x.wav"), "-o", str(tmp_path / "y.npy"),
-                                    "--model", "hf-hub:org/repo@"])
+    res = cli("extract", tmp_path / "x.wav", "-o", tmp_path / "y.npy", "--model", "hf-hub:org/repo@")
     assert res.exit_code == 2 and "nothing after '@'" in res.output
 
 

@@ -1,8 +1,6 @@
 """int8 inference: export, load, the onnx-int8 backend, and agreement with fp32 on real audio."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,8 +11,7 @@ pytest.importorskip("onnxscript")
 from audioembed import embed, load_model  # noqa: E402
 from audioembed.onnx_backend import OnnxModel  # noqa: E402
 from audioembed.quantize import agreement, calibration_windows, export_int8, synthetic_audio  # noqa: E402
-
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+from helpers_cli import cli  # noqa: E402
 
 
 def test_calibration_set_is_fixed_and_varied():
@@ -52,9 +49,9 @@ def test_int8_export_leaves_a_module_in_training_mode_as_it_was(tmp_path, tiny_m
     assert agree["mean_cosine"] > 0.95
 
 
-@pytest.mark.skipif(not FSDD.is_dir(), reason="needs ../shared/data/fsdd")
-def test_default_model_int8_agrees_with_fp32_on_real_audio():
-    files = sorted(str(p) for p in FSDD.glob("*.wav"))[::150]
+@pytest.mark.slow  # the ResNet-50 quantized and run over 20 recordings, twice
+def test_default_model_int8_agrees_with_fp32_on_real_audio(fsdd_recordings):
+    files = sorted(str(p) for p in fsdd_recordings.glob("*.wav"))[::150]
     e32 = embed(files)
     e8 = embed(files, backend="onnx-int8")  # quantized in memory, once per process
     cos = (e32 * e8).sum(1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e8, axis=1))
@@ -62,9 +59,6 @@ def test_default_model_int8_agrees_with_fp32_on_real_audio():
 
 
 def test_onnx_int8_refuses_a_file_that_is_not_quantized(tmp_path, tiny_model_dir):
-    from click.testing import CliRunner
-
-    from audioembed.cli import main
     from audioembed.errors import InvalidArgumentError
     from audioembed.onnx_backend import export
     from audioembed.quantize import is_quantized
@@ -79,7 +73,6 @@ def test_onnx_int8_refuses_a_file_that_is_not_quantized(tmp_path, tiny_model_dir
     import soundfile as sf
 
     sf.write(clip, wav, 16000)
-    res = CliRunner().invoke(main, ["extract", str(clip), "-o", str(tmp_path / "a.npy"), "--model",
-                                    str(fp32), "--backend", "onnx-int8"])
+    res = cli("extract", clip, "-o", tmp_path / "a.npy", "--model", fp32, "--backend", "onnx-int8")
     assert res.exit_code == 2 and "needs a quantized ONNX file" in res.output
     assert not (tmp_path / "a.npy").exists()

@@ -1,10 +1,8 @@
 """An interrupted npz run says what happened, and advises nothing that extract then refuses."""
 from __future__ import annotations
 
-from click.testing import CliRunner
-
 from audioembed import streaming
-from audioembed.cli import main
+from helpers_cli import cli
 
 
 def test_an_interrupted_npz_run_does_not_advise_skip_existing(make_wav, tiny_model_dir, tmp_path,
@@ -22,10 +20,10 @@ def test_an_interrupted_npz_run_does_not_advise_skip_existing(make_wav, tiny_mod
     out = tmp_path / "all.npz"
     args = ["extract", str(tmp_path / "d"), "-o", str(out), "--model", str(tiny_model_dir), "-q",
             "--workers", "0", "--batch-size", "1"]
-    res = CliRunner().invoke(main, args)
+    res = cli(*args)
     assert res.exit_code == 130, res.output
     assert "nothing was written" in res.stderr and "--skip-existing to go on" not in res.stderr
     assert not out.exists()
     monkeypatch.undo()
     # What it advises (the same command again) works.
-    assert CliRunner().invoke(main, args).exit_code == 0 and out.exists()
+    assert cli(*args).exit_code == 0 and out.exists()

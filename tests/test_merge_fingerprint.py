@@ -4,14 +4,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from click.testing import CliRunner
 
 from audioembed import shards
-from audioembed.cli import main
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from helpers_cli import cli
 
 
 def test_shards_made_before_and_after_the_input_list_changed_are_not_merged(make_wav, tmp_path,

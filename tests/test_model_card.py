@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from training.model_card import model_card, splice, summarize_log, training_markdown
+from helpers_cli import cli
 
 
 def _log(path, rows):
@@ -63,15 +63,14 @@ def test_card_is_regenerated_then_checked(tmp_path, monkeypatch):
     monkeypatch.setattr("training.model_card.load_results", lambda p: {"path": str(p)})
     monkeypatch.setattr("training.model_card.render", lambda rs: f"TABLE {len(rs)}")
     summary = tmp_path / "summary.json"
-    runner = CliRunner()
     args = ["--results", str(results), "--train-summary", str(summary), "--card", str(card)]
-    r = runner.invoke(model_card, args + ["--run-log", str(log), "--hardware", "test CPU"])
+    r = cli(*args, "--run-log", log, "--hardware", "test CPU", command=model_card)
     assert r.exit_code == 0, r.output
     text = card.read_text()
     assert "TABLE 1" in text and "| triplets seen | 32 (by sampler, over the logged steps: translation 32) |" in text and "test CPU" in text
-    assert runner.invoke(model_card, args + ["--check"]).exit_code == 0
+    assert cli(*args, "--check", command=model_card).exit_code == 0
     card.write_text(text.replace("TABLE 1", "TABLE typed by hand"))
-    stale = runner.invoke(model_card, args + ["--check"])
+    stale = cli(*args, "--check", command=model_card)
     assert stale.exit_code == 1 and "stale" in stale.output
 
 
@@ -91,9 +90,9 @@ def test_card_draws_the_dev_curve_when_asked(tmp_path, monkeypatch):
     png = tmp_path / "fig" / "dev.png"
     args = ["--results", str(results), "--train-summary", str(tmp_path / "s.json"), "--card", str(card),
             "--run-log", str(log), "--figure", str(png)]
-    r = CliRunner().invoke(model_card, args)
+    r = cli(*args, command=model_card)
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     _log(log, [_row(1, 0.1, 32, 3.0)])
-    r = CliRunner().invoke(model_card, args)
+    r = cli(*args, command=model_card)
     assert r.exit_code == 1 and "no dev QbE records" in r.output

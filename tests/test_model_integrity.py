@@ -1,4 +1,5 @@
-"""Model folders whose weights are corrupt are refused at load, naming what is wrong."""
+"""Model folders whose weights are corrupt are refused at load, naming what is wrong; a bundled
+release whose files are gone says to reinstall."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from audioembed import save_model_folder
-from audioembed.cli import main
+from audioembed import registry, save_model_folder
+from audioembed.errors import AudioembedError
 from audioembed.model_folder import WEIGHTS_SHA256_KEY, ModelFormatError, load_model_folder, sha256_file
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers_cli import cli
 
 
 @pytest.fixture
@@ -68,3 +65,18 @@ def test_the_bundled_releases_still_load(tmp_path):
     assert len(bundled) >= 2
     for entry in bundled:
         assert load_model(entry.name).info["sha256"] == entry.sha256
+
+
+def test_a_missing_bundled_weights_file_says_reinstall(monkeypatch, tmp_path):
+    from audioembed.loading import load_model
+
+    entry = registry.PretrainedModel(name="gone-test-model", bundled="no-such-folder",
+                                     sha256="0" * 64, license="test", paper=registry.PAPER,
+                                     description="registered and released, files deleted")
+    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+    with pytest.raises(AudioembedError) as info:
+        load_model(entry.name)
+    msg = str(info.value)
+    assert "not released" not in msg and "missing" in msg and "reinstall" in msg
+    res = cli("info", "--model", entry.name)
+    assert res.exit_code == 1 and "reinstall" in res.stderr

@@ -6,16 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from audioembed import embed, load_model
-from audioembed.cli import main
+from helpers_cli import cli
 
 TOL = 1e-4
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

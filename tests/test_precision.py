@@ -4,21 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from audioembed import embed, hear, precision
-from audioembed.cli import main
 from audioembed.errors import InvalidArgumentError
 from audioembed.shards import FINGERPRINT_KEY
+from helpers_cli import cli
 
 needs_native_bf16 = pytest.mark.skipif(not precision.cpu_has_native_bf16(),
                                        reason="this CPU lacks AVX512-BF16 and AMX")
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
+@pytest.mark.slow  # the ResNet-50 over 18 recordings, three times
 @needs_native_bf16
 def test_bf16_agrees_with_fp32_on_spoken_digits(fsdd_recordings, one_thread):
     # The stated guarantee: cosine >= 0.999 to fp32, with the bundled default model, on
@@ -91,9 +87,8 @@ def test_unknown_precision_refused(tiny_model_dir, make_wav):
 
 
 def test_cli_refuses_bf16_with_onnx_in_one_line(tiny_model_dir, make_wav, tmp_path):
-    res = CliRunner().invoke(main, ["extract", str(make_wav("a.wav")), "-o", str(tmp_path / "e.npy"),
-                                    "--model", str(tiny_model_dir), "--backend", "onnx",
-                                    "--precision", "bf16", "-q"])
+    res = cli("extract", make_wav("a.wav"), "-o", tmp_path / "e.npy", "--model", tiny_model_dir, "--backend",
+              "onnx", "--precision", "bf16", "-q")
     assert res.exit_code == 2
     assert "--precision: precision=\"bf16\" runs with the torch backend only" in res.output
     assert not (tmp_path / "e.npy").exists()

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from click.testing import CliRunner
 
 from audioembed import SilentAudioWarning, api, embed, prefetch, streaming
-from audioembed.cli import main
 from audioembed.streaming import FeatureChunk
+from helpers_cli import cli
 from helpers_hub import tiny_model
 
 
@@ -74,8 +73,8 @@ def test_embeddings_are_identical_with_0_and_2_workers(inputs, one_thread):
 def test_extract_outputs_are_identical_with_0_and_2_workers(inputs, tiny_model_dir, tmp_path, one_thread):
     files = [str(p) for p in inputs if not isinstance(p, np.ndarray)]
     for w in (0, 2):
-        res = CliRunner().invoke(main, ["extract", *files, "--windows", "--workers", str(w), "--model",
-                                        str(tiny_model_dir), "-o", str(tmp_path / f"w{w}.npz"), "-q"])
+        res = cli("extract", *files, "--windows", "--workers", w, "--model", tiny_model_dir, "-o",
+                  tmp_path / f"w{w}.npz", "-q")
         assert res.exit_code == 1  # the missing and the NaN file
         assert res.stderr.count("missing.wav") == 1 and "NaN" in res.stderr
     with np.load(tmp_path / "w0.npz") as a, np.load(tmp_path / "w2.npz") as b:
@@ -147,6 +146,5 @@ def test_workers_stay_a_bounded_distance_ahead_and_stop_when_the_consumer_does()
 def test_bad_worker_counts(inputs, tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="workers"):
         list(api.iter_features(inputs[:1], None, 0.96, workers=-1))
-    res = CliRunner().invoke(main, ["extract", str(inputs[0]), "--workers", "-1", "-o",
-                                    str(tmp_path / "e.npy"), "--model", str(tiny_model_dir)])
+    res = cli("extract", inputs[0], "--workers", "-1", "-o", tmp_path / "e.npy", "--model", tiny_model_dir)
     assert res.exit_code == 2

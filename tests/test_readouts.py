@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from audioembed import embed, hear, load_model
-from audioembed.cli import main
 from audioembed.errors import InvalidArgumentError
+from helpers_cli import cli
 
 
 def _audio(seconds: float, seed: int = 0) -> np.ndarray:
@@ -59,8 +58,8 @@ def test_extract_layer_pooled_npz(tmp_path, tiny_model_dir):
     import soundfile as sf
 
     sf.write(tmp_path / "a.wav", _audio(2.0), 16000)
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o.npz"),
-                                    "--model", str(tiny_model_dir), "--layer", "pooled", "-q"])
+    res = cli("extract", tmp_path / "a.wav", "-o", tmp_path / "o.npz", "--model", tiny_model_dir, "--layer",
+              "pooled", "-q")
     assert res.exit_code == 0, res.output
     z = np.load(tmp_path / "o.npz")
     assert z["embeddings"].shape == (1, 2 * load_model(tiny_model_dir).fc.in_features)
@@ -86,8 +85,7 @@ def test_evaluator_layer_and_backend_are_recorded_and_keyed(tmp_path, tiny_model
 def test_onnx_export_with_both_outputs(tmp_path, tiny_model_dir):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    res = CliRunner().invoke(main, ["export-onnx", str(tmp_path / "m.onnx"), "--model", str(tiny_model_dir),
-                                    "--pooled"])
+    res = cli("export-onnx", tmp_path / "m.onnx", "--model", tiny_model_dir, "--pooled")
     assert res.exit_code == 0, res.output
     x = _audio(2.0)
     for layer in ("embedding", "pooled"):
@@ -95,6 +93,6 @@ def test_onnx_export_with_both_outputs(tmp_path, tiny_model_dir):
         want = embed(x, 16000, model=tiny_model_dir, layer=layer)
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
     # A graph exported without it says how to get it.
-    CliRunner().invoke(main, ["export-onnx", str(tmp_path / "plain.onnx"), "--model", str(tiny_model_dir)])
+    cli("export-onnx", tmp_path / "plain.onnx", "--model", tiny_model_dir)
     with pytest.raises(Exception, match="--pooled"):
         embed(x, 16000, model=str(tmp_path / "plain.onnx"), backend="onnx", layer="pooled")

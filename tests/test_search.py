@@ -1,11 +1,10 @@
-"""Query-by-example search: exact blocked top-k, index files, time-range queries, and a
-1M-row index searched in bounded time."""
+"""Query-by-example search: exact blocked top-k, index files, time-range queries (and malformed
+ones), typed results, and a 1M-row index (its search time: benchmarks/bench_search.py)."""
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from audioembed.search import (Index, SearchError, normalise, parse_query, range_mean, search,
                                top_k)
@@ -76,17 +75,15 @@ def test_time_range_query_on_real_audio_prefers_the_matching_part(tmp_path, tiny
     assert search(index, last, k=1)[0]["name"] == "noise.wav"
 
 
-def test_a_million_row_index_is_searched_in_under_two_seconds():
+def test_a_million_row_index_finds_the_row_nearest_its_query():
+    # How long this takes is measured, with the host's CPU flags, by benchmarks/bench_search.py.
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((1_000_000, 128), dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     target = 765_432
     q = emb[target] + 0.01 * rng.standard_normal(128, dtype=np.float32)
-    t0 = time.perf_counter()
     scores, rows = top_k(q, emb, k=10)
-    elapsed = time.perf_counter() - t0
     assert rows[0, 0] == target and scores[0, 0] > 0.99
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
 
 
 def test_search_returns_typed_hits_that_still_read_like_the_old_dicts():
@@ -142,3 +139,15 @@ def test_a_range_query_reads_out_its_windows_as_the_layer_does():
     want = np.concatenate([win[1:3].astype(np.float64).mean(0), win[1:3].max(0)])
     np.testing.assert_allclose(pooled, want / np.linalg.norm(want), rtol=1e-6)
     np.testing.assert_allclose(range_mean(win, ts, 1.0, 2.5), normalise(win[1:3].mean(0)), atol=1e-6)
+
+
+def test_a_malformed_range_is_called_one(tmp_path):
+    q = tmp_path / "q.wav"
+    sf.write(q, np.zeros(1600, np.float32), 16000)
+    for bad in ("-3-2", "3-", "1e2-x2", "5"):
+        with pytest.raises(SearchError, match="is not a time range"):
+            parse_query(f"{q}@{bad}")
+    with pytest.raises(SearchError, match="is not a time range"):
+        parse_query(f"{tmp_path / 'missing.wav'}@-3-2")  # range-like, even without the file
+    assert parse_query(f"{q}@1.5-3") == (str(q), 1.5, 3.0)
+    assert parse_query(f"{tmp_path}/x@y.wav") == (f"{tmp_path}/x@y.wav", None, None)

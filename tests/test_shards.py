@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from audioembed import extract, shards
-from audioembed.cli import main
+from helpers_cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args, env=None):
-    return CliRunner(env=env).invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -156,6 +151,7 @@ def test_shard_option_inside_torchrun_is_a_usage_error(make_wav, tiny_model_dir,
     assert res.exit_code == 2 and "torchrun" in res.stderr
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_two_ranks_then_merge(folder, tiny_model_dir, tmp_path, one_thread):
     common = [str(folder), "-r", "--windows", "--batch-size", "1", "--model", str(tiny_model_dir), "-q"]
     assert cli("extract", *common, "-o", tmp_path / "one.npz").exit_code == 0

@@ -1,4 +1,5 @@
-"""Block-wise reading, resampling and framing give the whole-signal numbers."""
+"""Block-wise reading, resampling and framing give the whole-signal numbers; odd sample rates
+resample in bounded memory with torchaudio's filter, and rates below 1 kHz are refused."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from audioembed import embed, frontend, streaming
+from audioembed import AudioError, embed, extract, frontend, streaming
 from audioembed.resample import BlockResampler, resample
 from audioembed.api import collect_features, iter_embeddings, iter_features
 from audioembed.audio_io import AudioSource, load_waveform
@@ -178,3 +179,69 @@ def test_a_bad_block_fails_its_input_alone(tmp_path, monkeypatch, model):
     for r, p in zip([results[0], results[2]], [paths[0], paths[2]]):
         np.testing.assert_allclose(r.window_embeddings, embed(p, model=model, windows=True).window_embeddings,
                                    rtol=0, atol=1e-6)
+
+
+def tone(sr: int, seconds: float = 1.0, hz: float = 1000.0) -> np.ndarray:
+    """A 0.3-amplitude sine of ``hz`` at rate ``sr``."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", [16001, 48001, 384001, 1001, 11111])
+def test_odd_rates_resample_in_bounded_memory_and_by_blocks(sr):
+    from audioembed import resample as rs
+    from audioembed.resample import resample
+
+    # The dense torchaudio filter for these rates is ~new x orig floats (16001 Hz: 1 GB).
+    assert not rs.uses_dense_kernel(sr)
+    r = rs.make_resampler(sr)
+    assert isinstance(r, rs.PhaseResampler)
+    assert r.table.numel() * r.table.element_size() < 25e6
+    x = tone(sr, 1.3, hz=200.0)  # below the Nyquist frequency of 1001 Hz
+    rng = np.random.default_rng(sr)
+    cuts = np.sort(rng.choice(np.arange(1, x.size), 6, replace=False))
+    blocks = [r.push(torch.from_numpy(b)) for b in np.split(x, cuts)] + [r.finish()]
+    got = torch.cat(blocks)
+    assert got.shape[0] == -(-16000 * x.size // sr)  # ceil(16 kHz * duration)
+    assert torch.equal(got, resample(x, sr))  # the same numbers however the input is cut
+    # The tone keeps its frequency and level: compare with the same tone made at 16 kHz,
+    # away from the edges (where both filters see the zero padding).
+    want = torch.from_numpy(tone(16000, 1.3, hz=200.0))
+    torch.testing.assert_close(got[400:-400], want[400:got.shape[0] - 400], atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("sr", [8000, 11025, 22050, 44100, 96000])
+def test_phase_resampler_is_torchaudios_filter(sr):
+    import torchaudio.functional as AF
+
+    from audioembed import resample as rs
+
+    # The common rates use torchaudio's own filter matrix (see test_streaming); the
+    # phase table is the same formula, checked against torchaudio in float64.
+    assert rs.uses_dense_kernel(sr)
+    x = (0.2 * np.random.default_rng(sr).standard_normal(sr + 17)).astype(np.float32)
+    r = rs.PhaseResampler(sr)
+    got = torch.cat([r.push(torch.from_numpy(x)), r.finish()])
+    want = AF.resample(torch.from_numpy(x.astype(np.float64)), sr, 16000, lowpass_filter_width=6,
+                       rolloff=0.99, resampling_method="sinc_interp_hann")
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+def test_odd_rate_files_embed_like_16k(make_wav, tiny_model_dir, tmp_path, one_thread):
+    ref = make_wav("ref.wav", tone(16000, 2.0), sr=16000, subtype="FLOAT")
+    odd = [make_wav(f"r{sr}.wav", tone(sr, 2.0), sr=sr, subtype="FLOAT") for sr in (16001, 48001)]
+    report = extract.run([ref, *odd], tmp_path / "out", model=tiny_model_dir)
+    assert report.failures == [] and report.succeeded == 3
+    e_ref = np.load(tmp_path / "out/ref.npy")
+    for path in odd:
+        assert float(np.load(tmp_path / "out" / f"{path.stem}.npy") @ e_ref) > 0.999
+
+
+def test_rates_below_1khz_are_refused(make_wav, tiny_model_dir, tmp_path):
+    slow = make_wav("slow.wav", sr=800, seconds=2.0)
+    report = extract.run([slow], tmp_path / "e.npy", model=tiny_model_dir)
+    [reason] = report.failures
+    assert reason.startswith(f"{slow}: sample rate 800 Hz is below 1000 Hz")
+    with pytest.raises(AudioError, match="below 1000 Hz"):
+        embed(np.zeros(800, np.float32), sr=800, model=tiny_model_dir)

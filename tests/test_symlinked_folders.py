@@ -1,4 +1,5 @@
-"""Folders (-r) and globs follow links to folders, each real folder once, and end on link loops."""
+"""Folders (-r) and globs follow links to folders, each real folder once, and end on link loops;
+a named input that is a link loop is called one."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner
+import pytest
 
-from audioembed.cli import main
+from audioembed import extract
 from audioembed.extract import expand_inputs
+from helpers_cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +28,7 @@ def test_recursive_follows_a_linked_subfolder(make_wav, tiny_model_dir, tmp_path
     sources, failures = expand_inputs([tmp_path / "S"], recursive=True)
     assert _names(sources) == ["linked/b.wav", "real/a.wav"] and failures == []
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "S"), "-r", "-o", str(out),
-                                    "--model", str(tiny_model_dir), "-q", "--workers", "0"])
+    res = cli("extract", tmp_path / "S", "-r", "-o", out, "--model", tiny_model_dir, "-q", "--workers", "0")
     assert res.exit_code == 0, res.output
     assert np.load(out / "linked/b.npy").shape == (128,) and (out / "real/a.npy").exists()
 
@@ -41,12 +42,13 @@ def test_a_folder_reached_twice_is_searched_once_and_named(make_wav, tiny_model_
     sources, _ = expand_inputs([tmp_path / "S"], recursive=True, repeated=repeated)
     assert _names(sources) == ["d/x.wav"]
     assert sorted(p.name for p in repeated) == ["l1", "second", "up"]
-    res = CliRunner().invoke(main, ["extract", str(tmp_path / "S"), "-r", "-o", str(tmp_path / "o"),
-                                    "--model", str(tiny_model_dir), "--workers", "0"])
+    res = cli("extract", tmp_path / "S", "-r", "-o", tmp_path / "o", "--model", tiny_model_dir, "--workers",
+              "0")
     assert res.exit_code == 0, res.output
     assert "did not search 3 linked folders again" in res.stderr and "l1" in res.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_glob_over_self_links_ends_and_lists_each_file_once(make_wav, tmp_path):
     make_wav("G/d/x.wav", seconds=0.2)
     make_wav("G/top.wav", seconds=0.2)
@@ -76,3 +78,11 @@ def test_glob_matches_as_glob_does(tmp_path, monkeypatch):
         assert sorted(s.path.as_posix() for s in sources) == sorted(want), pattern
     sources, _ = expand_inputs(["a/**/*.wav"])
     assert _names(sources) == ["b/c/z.wav", "b/y.wav", "x.wav"]  # relative to the fixed part
+
+
+def test_symlink_loop_is_not_called_broken(tiny_model_dir, tmp_path):
+    os.symlink(tmp_path / "loop_b.wav", tmp_path / "loop_a.wav")
+    os.symlink(tmp_path / "loop_a.wav", tmp_path / "loop_b.wav")
+    report = extract.run([tmp_path / "loop_a.wav"], tmp_path / "e.npy", model=tiny_model_dir)
+    assert report.failures == [f"{tmp_path / 'loop_a.wav'}: symbolic link loop (the link points, in "
+                               "the end, back to itself)"]

@@ -1,5 +1,7 @@
 """The trainer on a tiny model and a tiny cache built from synthesized audio: exact resume,
-budgets, signals, logs, configuration."""
+budgets, signals, logs, configuration; the v0.3 options in the real loop: each objective trains
+and logs per sampler, the cosine schedule survives a resume, and a warm start loads the weights
+it names."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,7 @@ import torch
 from training.config import ConfigError, from_dict, load_config
 from training.feature_cache import build_cache
 from training.checkpoint import load_checkpoint
+from training.schedule import Schedule
 from training.trainer import LOG_NAME, read_ahead, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +57,7 @@ def cache(tmp_path_factory):
     return synth_cache(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow  # trains
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(cache, tmp_path):
     config = load_config(tiny_config(cache, tmp_path))
     full = train(config, tmp_path / "full", echo=lambda s: None)
@@ -82,6 +86,11 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(cache, tmp_path):
         train(config, tmp_path / "full", echo=lambda s: None)
 
 
+# Only against a hang: a run that never logs two steps, or never stops after the signal, fails
+# after this long instead of blocking the suite. How fast the trainer gets there is not tested.
+SAFETY_TIMEOUT_S = 900
+
+
 def sigterm_after_two_steps(command: list[str], cfg: Path, out: Path) -> tuple[int, str, str]:
     """Run ``command --config cfg --out out``, SIGTERM it once two steps are logged; return its
     exit code, stdout and stderr."""
@@ -90,11 +99,17 @@ def sigterm_after_two_steps(command: list[str], cfg: Path, out: Path) -> tuple[i
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / LOG_NAME
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        give_up = time.monotonic() + SAFETY_TIMEOUT_S
+        while not (log.exists() and log.read_text().count("\n") >= 2):
+            if proc.poll() is not None:
+                stdout, stderr = proc.communicate()
+                pytest.fail(f"the run ended (exit {proc.returncode}) before it logged two steps:\n"
+                            + stdout + stderr)
+            if time.monotonic() > give_up:
+                pytest.fail(f"the run logged fewer than two steps in {SAFETY_TIMEOUT_S} s: it hangs")
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=SAFETY_TIMEOUT_S)
     finally:
         if proc.poll() is None:  # never leave a stray trainer behind a failed test
             proc.kill()
@@ -102,6 +117,7 @@ def sigterm_after_two_steps(command: list[str], cfg: Path, out: Path) -> tuple[i
     return proc.returncode, stdout, stderr
 
 
+@pytest.mark.slow  # a training subprocess
 def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(cache, tmp_path):
     cfg = tiny_config(cache, tmp_path, steps=100000, checkpoint_every=100000)
     out = tmp_path / "run"
@@ -131,6 +147,7 @@ main(["train"] + sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a training subprocess
 def test_sigterm_while_a_batch_is_read_ahead_exits_zero_without_an_abort(cache, tmp_path):
     cfg = tiny_config(cache, tmp_path, steps=100000, checkpoint_every=100000)
     out = tmp_path / "run"
@@ -184,6 +201,7 @@ def labeled_csv(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # trains
 def test_dev_qbe_is_logged_at_start_and_every_n_steps_without_changing_training(cache, tmp_path):
     dev_csv = labeled_csv(tmp_path)
     plain = load_config(tiny_config(cache, tmp_path))
@@ -250,6 +268,7 @@ def test_label_triplets_pair_shared_labels_against_disjoint_ones():
     assert set(a.tolist()) == {0, 1, 2} and np.array_equal(t, label_triplets(y, seg, 200, seed=0))
 
 
+@pytest.mark.slow  # trains
 def test_resume_takes_the_configured_learning_rate(cache, tmp_path):
     config = load_config(tiny_config(cache, tmp_path))
     train(config, tmp_path / "run", max_triplets=8, echo=lambda s: None)
@@ -336,6 +355,7 @@ def held_out_hinge(model: torch.nn.Module, energies: np.ndarray, margin: float) 
     return float(np.maximum(d_ap - d_an + margin, 0.0).mean())
 
 
+@pytest.mark.slow  # trains
 def test_training_loss_falls_and_dev_qbe_rises_above_chance(tmp_path, one_thread):
     from audioembed.model import AudioResNet
     from training.feature_cache import FeatureCache
@@ -450,6 +470,7 @@ def test_use_bf16_follows_the_setting_and_probes_the_cpu_only_on_auto(cache, tmp
         assert use_bf16(with_bf16(config, False), cuda) is False
 
 
+@pytest.mark.slow  # trains
 def test_bf16_forced_on_and_off_in_two_step_runs(cache, tmp_path, monkeypatch, one_thread):
     # Margin 1: every triplet is in the loss, so its value reflects the arithmetic of all of them.
     config = load_config(tiny_config(cache, tmp_path, steps=2, checkpoint_every=2, margin=1.0))
@@ -469,3 +490,102 @@ def test_bf16_forced_on_and_off_in_two_step_runs(cache, tmp_path, monkeypatch, o
     # "auto" follows the probe.
     assert losses("auto", native=True, name="auto-native") == on
     assert losses("auto", native=False, name="auto-plain") == off
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / LOG_NAME).read_text().splitlines()]
+
+
+def _config(cache, tmp_path, *overrides, **train_kw):
+    return load_config(tiny_config(cache, tmp_path, **train_kw), list(overrides))
+
+
+@pytest.mark.slow  # trains
+@pytest.mark.parametrize("overrides", [
+    ['loss.kind="soft-margin"'],
+    ['loss.kind="batch-all"'],
+    ["loss.xbm_size=64", "loss.xbm_start_step=1"],
+    ['loss.kind="nt-xent"', "loss.projection_dim=16"],
+    ["augment.enabled=true"],
+    ["augment.enabled=true", "augment.crop_prob=0.0", "augment.background_prob=0.0",
+     "augment.noise_prob=0.0", "augment.eq_prob=0.8", "augment.gain_prob=0.8", "augment.mask_prob=0.5"],
+], ids=["soft-margin", "batch-all", "xbm", "nt-xent", "augment", "recording-conditions"])
+def test_each_objective_trains_and_logs_per_sampler(cache, tmp_path, overrides, one_thread):
+    config = _config(cache, tmp_path, *overrides, steps=3)
+    result = train(config, tmp_path / "run", echo=lambda s: None)
+    assert result.step == 3
+    log = _log(tmp_path / "run")
+    assert all(np.isfinite(r["loss"]) for r in log)
+    for r in log:
+        assert set(r["per_sampler"]) <= set(r["samplers"]) and r["per_sampler"]
+        for name, s in r["per_sampler"].items():
+            assert 0.0 <= s["active"] <= 1.0 and np.isfinite(s["loss"])
+    if "loss.xbm_size=64" in overrides:
+        # Step 1 has only its own batch; from step 2 on the memory adds the earlier windows.
+        assert log[0]["pool_size"] < log[2]["pool_size"]
+        ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+        assert ckpt["xbm"]["filled"] == 2 * 4 * 2  # steps 1 and 2 entered (start_step 1), 2B each
+    if "loss.projection_dim=16" in overrides:
+        ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+        assert any(k.startswith("head.") for k in ckpt["loss_state"])
+        from training.export import export_checkpoint
+        from audioembed import load_model
+
+        folder = export_checkpoint(tmp_path / "run/checkpoint.pt", tmp_path / "exported")
+        model = load_model(folder)  # the head is not part of the exported network
+        assert model.config.embedding_dim == 128 and not hasattr(model, "head")
+
+
+def test_mining_only_options_are_refused_without_mining(cache, tmp_path):
+    with pytest.raises(ConfigError, match="mining"):
+        _config(cache, tmp_path, "loss.xbm_size=8", mining=False)
+    with pytest.raises(ConfigError, match="nt-xent"):
+        _config(cache, tmp_path, 'loss.kind="nt-xent"', "loss.xbm_size=8")
+
+
+def test_cosine_schedule_values():
+    s = Schedule("cosine", warmup_triplets=100, total_triplets=1100, min_lr_ratio=0.1)
+    assert s.factor(0) == 0.0 and s.factor(50) == pytest.approx(0.5)
+    assert s.factor(100) == pytest.approx(1.0)
+    assert s.factor(600) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
+    assert s.factor(1100) == pytest.approx(0.1) and s.factor(5000) == pytest.approx(0.1)
+    assert Schedule().factor(123) == 1.0
+    with pytest.raises(ValueError, match="total_triplets"):
+        Schedule("cosine", warmup_triplets=10, total_triplets=5)
+
+
+@pytest.mark.slow  # trains
+def test_schedule_survives_a_resume_and_keeps_its_plan(cache, tmp_path, one_thread):
+    plan = ['schedule={kind="cosine", warmup_triplets=8, total_triplets=24, min_lr_ratio=0.0}']
+    config = _config(cache, tmp_path, *plan, steps=6, lr=1e-3)
+    train(config, tmp_path / "full", echo=lambda s: None)
+    train(config, tmp_path / "split", max_triplets=12, echo=lambda s: None)
+    # The resumed run is configured with another plan; it keeps the one it started with.
+    other = _config(cache, tmp_path, 'schedule={kind="constant"}', steps=6, lr=1e-3)
+    with pytest.warns(UserWarning, match="keeps that plan"):
+        train(other, tmp_path / "split", resume=True, echo=lambda s: None)
+    full, split = _log(tmp_path / "full"), _log(tmp_path / "split")
+    lrs = [r["lr"] for r in full]
+    assert [r["lr"] for r in split] == lrs
+    expected = [1e-3 * Schedule("cosine", 8, 24, 0.0).factor(4 * k) for k in range(6)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-3)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("full", "split"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["schedule"]["kind"] == "cosine"
+
+
+@pytest.mark.slow  # trains
+def test_warm_start_loads_the_named_weights(cache, tmp_path, one_thread):
+    first = _config(cache, tmp_path, steps=2)
+    train(first, tmp_path / "a", echo=lambda s: None)
+    src = load_checkpoint(tmp_path / "a/checkpoint.pt")
+    warm = _config(cache, tmp_path, f'train.init="{tmp_path / "a/checkpoint.pt"}"', steps=1, lr=1e-12)
+    train(warm, tmp_path / "b", echo=lambda s: None)
+    got = load_checkpoint(tmp_path / "b/checkpoint.pt")
+    assert got["code"][0]["init"]["spec"].endswith("checkpoint.pt")
+    w = "conv1.weight"
+    torch.testing.assert_close(got["model"][w], src["model"][w], atol=1e-8, rtol=0)
+    bad = _config(cache, tmp_path, 'train.init="triplet-resnet50-joint"', steps=1)
+    with pytest.raises(ValueError, match="model config"):
+        train(bad, tmp_path / "c", echo=lambda s: None)
