@@ -10,7 +10,8 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
    load) and the whole process's peak. Files are 44.1 kHz stereo 16-bit WAV, so decoding,
    downmixing and resampling are all exercised. Targets: the long file's embedding peak above
    the freshly imported process < model size + 300 MB; long minus 1-minute < 100 MB.
-2. Throughput over ``--clips`` five-second clips (44.1 kHz, generated here): ``extract`` end to
+2. Throughput over ``--clips`` five-second clips (44.1 kHz mono unless ``--clip-rate`` /
+   ``--clip-channels`` say otherwise, generated here): ``extract`` end to
    end (files found, read, resampled, framed, embedded, npz written) with 1 feature worker and
    with none, against the model alone on the same windows, in the same run, alternating
    rounds; windows/s, the ratio (target >= 0.95) and the real-time factor. With onnxruntime
@@ -180,7 +181,7 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     for fn, _ in runs.values():
         fn()  # warm-up: oneDNN / onnxruntime kernel choice, file cache
     times = interleaved_times({name: fn for name, (fn, _) in runs.items()}, args.repeats)
-    print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz -> {n} windows; batch 64; "
+    print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)} -> {n} windows; batch 64; "
           f"{args.threads} thread(s); best of {args.repeats} alternating rounds; CPU flags: {cpu_flags()}")
     for name, ts in times.items():
         best, ref = min(ts), runs[name][1]
@@ -199,7 +200,7 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
             title="extract over a folder of clips against the network alone",
             columns=["run", "windows/s (best round)", "ratio to the network alone (best rounds)"],
             rows=rows)
-        args.record["notes"][:0] = [f"{len(paths)} clips of {args.clip_seconds:g} s at 44.1 kHz, "
+        args.record["notes"][:0] = [f"{len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)}, "
                                     f"{n} windows, batch 64, best of {args.repeats} alternating rounds",
                                     summary_line(times, e2e_rows, n_audio_s)]
     if "onnx-int8" in e2e_rows:
@@ -207,6 +208,13 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         torch_row, int8_row = default_row(e2e_rows, "torch"), default_row(e2e_rows, "onnx-int8")
         print(f"  onnx-int8 e2e / torch e2e, each with extract's default workers here "
               f"({int8_row!r} / {torch_row!r}): {best[torch_row] / best[int8_row]:.2f}x (target >= 2.0)")
+
+
+def clip_format(args) -> str:
+    """The clips' format, as the figures' notes say it: ``44.1 kHz mono 16-bit``."""
+    rate = f"{args.clip_rate / 1000:g} kHz"
+    channels = {1: "mono", 2: "stereo"}.get(args.clip_channels, f"{args.clip_channels}-channel")
+    return f"{rate} {channels} 16-bit"
 
 
 def default_row(e2e_rows: dict[str, tuple[str, str]], label: str) -> str:
@@ -267,6 +275,8 @@ def profile(folder: Path, model: Path, args) -> None:
                   for _, path, fn in PROFILE_STAGES]
         print(f"  {label:>10} {wall:6.2f}s " + " ".join(f"{100 * x:15.1f}%" for x in shares)
               + f" {100 * (1 - sum(shares)):7.1f}%")
+        args.record["profile_rows"].append([label, f"{wall:.2f} s"] + [f"{100 * x:.1f}%" for x in shares]
+                                           + [f"{100 * (1 - sum(shares)):.1f}%"])
         args.record["notes"].append(
             f"Where {label}'s time goes (extract under cProfile, no worker): " + ", ".join(
                 f"{name} {100 * x:.1f}%" for (name, _, _), x in zip(PROFILE_STAGES, shares))
@@ -333,6 +343,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=500)
     ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--clip-rate", type=int, default=SR, help="sample rate of the clips (default 44100)")
+    ap.add_argument("--clip-channels", type=int, default=1, help="channels of the clips (default 1)")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false",
                     help="Skip the onnxruntime rows of the throughput section (needs audioembed[onnx]).")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
@@ -352,7 +364,7 @@ def main() -> None:
     from audioembed.precision import cpu_has_native_bf16
 
     args.bf16 = args.bf16 and cpu_has_native_bf16()
-    args.record = {"notes": []}  # the --json record: throughput's rows, the profile's notes
+    args.record = {"notes": [], "profile_rows": []}  # the --json record: throughput's rows, the profile's
 
     from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
 
@@ -373,7 +385,8 @@ def main() -> None:
             folder = tmp / "clips"
             folder.mkdir()
             for i in range(args.clips):
-                write_noise_wav(folder / f"clip{i:04d}.wav", args.clip_seconds, channels=1, seed=100 + i)
+                write_noise_wav(folder / f"clip{i:04d}.wav", args.clip_seconds, sr=args.clip_rate,
+                                channels=args.clip_channels, seed=100 + i)
             per_clip = frontend.window_starts(frontend.num_frames(int(args.clip_seconds * frontend.SAMPLE_RATE)),
                                               frontend.hop_frames())
             n_windows = args.clips * len(per_clip)
@@ -386,6 +399,11 @@ def main() -> None:
     if args.json and args.record.get("rows"):
         write_record(args.json, args.record["title"], args.record["columns"], args.record["rows"],
                      conditions=args.conditions, notes=tuple(args.record["notes"]))
+    elif args.json and args.record["profile_rows"]:  # --only profile: its table is the record
+        write_record(args.json, "where extract's time goes",
+                     ["backend", "wall"] + [label for label, _, _ in PROFILE_STAGES] + ["other"],
+                     args.record["profile_rows"], conditions=args.conditions,
+                     notes=tuple(n for n in args.record["notes"] if not n.startswith("Where ")))
     print(f"\n{machine_line(load_before)}; total {time.perf_counter() - t_start:.0f} s")
 
 
