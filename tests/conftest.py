@@ -77,17 +77,14 @@ def unreleased_model(monkeypatch) -> str:
     return UNRELEASED
 
 
-# The spoken-digit (FSDD) recordings: $AUDIOEMBED_FSDD (the variable ``python -m training
-# evaluate --dataset fsdd`` reads too), else the folder beside the repository.
-FSDD_ENV = "AUDIOEMBED_FSDD"
-FSDD_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
-
-
 @pytest.fixture(scope="session")
 def fsdd_recordings() -> Path:
-    """The FSDD recordings folder (``$AUDIOEMBED_FSDD``, else ``../shared/data/fsdd/recordings``
-    beside the repository); a test that asks for it is skipped where the recordings are absent."""
-    root = Path(os.environ.get(FSDD_ENV) or FSDD_DEFAULT)
+    """The FSDD recordings folder as the evaluator finds it (``$AUDIOEMBED_FSDD``, else
+    ``../shared/data/fsdd/recordings`` beside the repository); a test that asks for it is skipped
+    where the recordings are absent."""
+    from training.evaluation.datasets import FSDD_ENV, fsdd_root
+
+    root = fsdd_root()
     if not (root / "3_jackson_0.wav").is_file():
         pytest.skip(f"FSDD recordings not found in {root} (set {FSDD_ENV} to their folder)")
     return root
