@@ -200,7 +200,7 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
             title="extract over a folder of clips against the network alone",
             columns=["run", "windows/s (best round)", "ratio to the network alone (best rounds)"],
             rows=rows)
-        args.record["notes"][:0] = [f"{len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)}, "
+        args.record["notes"] = [f"{len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)}, "
                                     f"{n} windows, batch 64, best of {args.repeats} alternating rounds",
                                     summary_line(times, e2e_rows, n_audio_s)]
     if "onnx-int8" in e2e_rows:
@@ -277,11 +277,7 @@ def profile(folder: Path, model: Path, args) -> None:
               + f" {100 * (1 - sum(shares)):7.1f}%")
         args.record["profile_rows"].append([label, f"{wall:.2f} s"] + [f"{100 * x:.1f}%" for x in shares]
                                            + [f"{100 * (1 - sum(shares)):.1f}%"])
-        args.record["notes"].append(
-            f"Where {label}'s time goes (extract under cProfile, no worker): " + ", ".join(
-                f"{name} {100 * x:.1f}%" for (name, _, _), x in zip(PROFILE_STAGES, shares))
-            + f", other {100 * (1 - sum(shares)):.1f}%")
-    args.record["notes"].append(frontend_cost(sorted(folder.glob("*.wav")), args.repeats))
+    args.record["frontend"] = [frontend_cost(sorted(folder.glob("*.wav")), args.repeats)]
 
 
 def frontend_cost(paths: list[Path], repeats: int) -> str:
@@ -364,7 +360,8 @@ def main() -> None:
     from audioembed.precision import cpu_has_native_bf16
 
     args.bf16 = args.bf16 and cpu_has_native_bf16()
-    args.record = {"notes": [], "profile_rows": []}  # the --json record: throughput's rows, the profile's
+    # The --json record: throughput's rows and notes, the profile's rows, the frontend's cost.
+    args.record = {"notes": [], "profile_rows": [], "frontend": []}
 
     from audioembed import AudioResNet, ModelConfig, frontend, save_model_folder
 
@@ -396,14 +393,18 @@ def main() -> None:
                 profile(folder, model, args)
             if "shards" in parts:
                 shards(folder, model, n_windows, args)
-    if args.json and args.record.get("rows"):
+    stages = [label for label, _, _ in PROFILE_STAGES] + ["other"]
+    if args.json and args.record.get("rows"):  # the profile's rows, if any, become notes
+        profile_notes = [f"Where {row[0]}'s time goes (extract under cProfile, no worker): "
+                         + ", ".join(f"{stage} {share}" for stage, share in zip(stages, row[2:]))
+                         for row in args.record["profile_rows"]]
         write_record(args.json, args.record["title"], args.record["columns"], args.record["rows"],
-                     conditions=args.conditions, notes=tuple(args.record["notes"]))
+                     conditions=args.conditions,
+                     notes=tuple(args.record["notes"] + profile_notes + args.record["frontend"]))
     elif args.json and args.record["profile_rows"]:  # --only profile: its table is the record
-        write_record(args.json, "where extract's time goes",
-                     ["backend", "wall"] + [label for label, _, _ in PROFILE_STAGES] + ["other"],
+        write_record(args.json, "where extract's time goes", ["backend", "wall"] + stages,
                      args.record["profile_rows"], conditions=args.conditions,
-                     notes=tuple(n for n in args.record["notes"] if not n.startswith("Where ")))
+                     notes=tuple(args.record["frontend"]))
     print(f"\n{machine_line(load_before)}; total {time.perf_counter() - t_start:.0f} s")
 
 
