@@ -16,6 +16,7 @@ _EXPORTS = {
     "AudioembedError": "errors", "AudioError": "audio_io", "SilentAudioWarning": "audio_io", "TruncatedAudioWarning": "audio_io",
     "ModelNotAvailableError": "loading", "load_model": "loading",
     "AudioResNet": "model", "ModelConfig": "model",
+    "keep_freed_memory": "allocator",
     "Classifier": "classify",
     "ModelFormatError": "model_folder", "save_model_folder": "model_folder",
     "DEFAULT_MODEL": "registry", "list_models": "registry",

@@ -79,6 +79,10 @@ class _Commands(click.Group):
 @click.version_option(__version__, prog_name="audioembed")
 def main() -> None:
     """Unsupervised semantic audio embeddings (Jansen et al., ICASSP 2018): 128-d, unit norm."""
+    # Before torch allocates anything; ctypes alone, so --help stays fast (audioembed.allocator).
+    from audioembed.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @main.command()

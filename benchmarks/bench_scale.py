@@ -26,7 +26,9 @@ With a randomly initialised ResNet-50 saved as a release-format model folder, it
 4. The same folder through ``audioembed extract`` as one process and as two ``--shard``
    processes at once (wall time, process start and model load included).
 
-Each process uses ``--threads`` intra-op threads (shards: one each). The machine's load
+Each process uses ``--threads`` intra-op threads (shards: one each) and keeps freed memory for
+reuse as the ``audioembed`` command does (``audioembed.allocator``; ``--malloc system``: glibc's
+own thresholds); throughput rows count the page faults per window. The machine's load
 average is printed before and after: on a shared machine the figures are only indicative.
 """
 from __future__ import annotations
@@ -47,6 +49,8 @@ from common import cpu_flags, interleaved_times, load_average, machine_line, wri
 import numpy as np
 import soundfile as sf
 import torch
+
+from audioembed.allocator import OPT_OUT_VARIABLE, keep_freed_memory
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 44100
@@ -180,16 +184,20 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
             e2e_rows[backend] = (f"{backend} e2e, no worker", f"{backend} e2e, 1 worker")
     for fn, _ in runs.values():
         fn()  # warm-up: oneDNN / onnxruntime kernel choice, file cache
-    times = interleaved_times({name: fn for name, (fn, _) in runs.items()}, args.repeats)
+    faults = {name: 0 for name in runs}
+    times = interleaved_times({name: counting_faults(fn, faults, name) for name, (fn, _) in runs.items()},
+                              args.repeats)
     print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)} -> {n} windows; batch 64; "
-          f"{args.threads} thread(s); best of {args.repeats} alternating rounds; CPU flags: {cpu_flags()}")
+          f"{args.threads} thread(s); best of {args.repeats} alternating rounds; CPU flags: {cpu_flags()}; "
+          f"malloc: {args.malloc_line}")
     for name, ts in times.items():
         best, ref = min(ts), runs[name][1]
         ratio = "" if ref is None else (
             f"  ratio to {ref} {min(times[ref]) / best:.3f} (best), "
             f"{statistics.median(f / t for f, t in zip(times[ref], ts)):.3f} (median per round)")
         print(f"  {name:>26}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
-              f"({n_audio_s / best:.0f}x real time){ratio}")
+              f"({n_audio_s / best:.0f}x real time), {faults[name] / (n * args.repeats):6.0f} page faults "
+              f"per window{ratio}")
     if not args.bf16:
         print("  torch+bf16: not run (--no-bf16, or this CPU lacks AVX512-BF16 and AMX)")
     print("  " + summary_line(times, e2e_rows, n_audio_s))
@@ -201,13 +209,25 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
             columns=["run", "windows/s (best round)", "ratio to the network alone (best rounds)"],
             rows=rows)
         args.record["notes"] = [f"{len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)}, "
-                                    f"{n} windows, batch 64, best of {args.repeats} alternating rounds",
+                                    f"{n} windows, batch 64, best of {args.repeats} alternating rounds; "
+                                    f"malloc: {args.malloc_line}",
+                                "Page faults per window: " + ", ".join(
+                                    f"{name} {faults[name] / (n * args.repeats):.0f}" for name in times),
                                     summary_line(times, e2e_rows, n_audio_s)]
     if "onnx-int8" in e2e_rows:
         best = {k: min(v) for k, v in times.items()}
         torch_row, int8_row = default_row(e2e_rows, "torch"), default_row(e2e_rows, "onnx-int8")
         print(f"  onnx-int8 e2e / torch e2e, each with extract's default workers here "
               f"({int8_row!r} / {torch_row!r}): {best[torch_row] / best[int8_row]:.2f}x (target >= 2.0)")
+
+
+def counting_faults(fn, faults: dict[str, int], name: str):
+    """``fn``, adding the process's minor page faults while it runs to ``faults[name]``."""
+    def go() -> None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return go
 
 
 def clip_format(args) -> str:
@@ -352,9 +372,15 @@ def main() -> None:
                          "JSON (benchmarks/report.py)")
     ap.add_argument("--conditions", default="",
                     help="what else ran on the machine, for the JSON record")
+    ap.add_argument("--malloc", choices=["kept", "system"], default="kept",
+                    help="kept: freed memory stays in the process, as the audioembed command sets it "
+                         "(audioembed.allocator); system: glibc's own thresholds (AUDIOEMBED_MALLOC=system)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.malloc == "system":
+        os.environ[OPT_OUT_VARIABLE] = "system"  # for this process and the extract processes it starts
+    args.malloc_line = keep_freed_memory() or "the C library's own"
     if args.child:
         return child(args)
     from audioembed.precision import cpu_has_native_bf16

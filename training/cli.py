@@ -16,6 +16,9 @@ from audioembed.errors import AudioembedError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train, evaluate and export audioembed models."""
+    from audioembed.allocator import keep_freed_memory  # before torch allocates (audioembed.allocator)
+
+    keep_freed_memory()
 
 
 @click.command()
