@@ -5,7 +5,7 @@
 
 Importing this package downloads nothing; only ``hf-hub:`` model names reach the network.
 """
-__version__ = "0.4.0"  # the release of the bundled weights (MODEL_CARD.md)
+__version__ = "0.5.0"  # the release of the bundled weights (MODEL_CARD.md)
 
 import importlib
 

@@ -68,7 +68,7 @@ _V02 = dict(
                 "temporal proximity) on 27.9 h of openly licensed Debian audio (release v0.2)",
 )
 _V03 = dict(
-    bundled="triplet-resnet50-joint-v0.3",
+    last_bundled_in="0.4.0",
     license="CC-BY-SA-4.0",
     paper=PAPER,
     sha256="0dd82f15630b9663a6413a15912e132d49f3b4d54b516d5004fa094a1f431ad4",
@@ -78,7 +78,7 @@ _V03 = dict(
 )
 
 _V04 = dict(
-    bundled="triplet-resnet50-joint",
+    bundled="triplet-resnet50-joint-v0.4",
     license="CC-BY-SA-4.0",
     paper=PAPER,
     sha256="de6671b93490202866e2e65b4458e3d1201bebf1807e7d00d3a59ae0a22767db",
@@ -88,11 +88,24 @@ _V04 = dict(
                 "recordings (release v0.4)",
 )
 
+_V05 = dict(
+    bundled="triplet-resnet50-joint",
+    license="CC-BY-SA-4.0",
+    paper=PAPER,
+    sha256="24c972bc5a3af8d05f9ae97ca722735814bc101b0e7df4a69f8218be017b39c7",
+    description="ResNet-50, joint unsupervised triplets (noise, translation, mixing, "
+                "temporal proximity); v0.4 trained on for 100,000 triplets with a "
+                "recording-conditions augmentation, then 20,000 without, on 33.4 h of openly "
+                "licensed audio: corpus v3.1, the Debian corpus plus field, foley and speech "
+                "recordings (release v0.5)",
+)
+
 # DEFAULT_MODEL names the newest release; "-vX.Y" names stay on their weights for good, so a
 # pipeline that pins one (or an experiment that starts from one) never changes under it.
 _REGISTRY = {
     m.name: m for m in [
-        PretrainedModel(name="triplet-resnet50-joint", **_V04),
+        PretrainedModel(name="triplet-resnet50-joint", **_V05),
+        PretrainedModel(name="triplet-resnet50-joint-v0.5", **_V05),
         PretrainedModel(name="triplet-resnet50-joint-v0.4", **_V04),
         PretrainedModel(name="triplet-resnet50-joint-v0.3", **_V03),
         PretrainedModel(name="triplet-resnet50-joint-v0.2", **_V02),

@@ -28,7 +28,7 @@ def test_entry_points_and_dependencies():
     hubconf = _hubconf()
     entries = _entries(hubconf)
     assert entries == ["load_model", "triplet_resnet50_joint", "triplet_resnet50_joint_v0_2",
-                       "triplet_resnet50_joint_v0_3", "triplet_resnet50_joint_v0_4"]
+                       "triplet_resnet50_joint_v0_3", "triplet_resnet50_joint_v0_4", "triplet_resnet50_joint_v0_5"]
     assert "ModelNotAvailableError" in hubconf.triplet_resnet50_joint.__doc__
     assert hubconf.dependencies == ["torch", "torchaudio", "numpy", "soundfile", "safetensors"]
 

@@ -251,9 +251,11 @@ def test_pinned_release_names_load_their_own_weights_or_say_where_they_are():
     # The sha256s are the releases' (MODEL_CARD.md, git history): a pinned name keeps loading
     # exactly those weights whatever the default becomes, or, once its weights leave the wheel,
     # fails naming the last package version that bundles them; never other weights.
-    model = load_model("triplet-resnet50-joint-v0.3")
-    assert model.info["sha256"].startswith("0dd82f15630b9663")
-    assert model.info["source"] == "registry:triplet-resnet50-joint-v0.3"
-    assert load_model("triplet-resnet50-joint-v0.4").info["sha256"] == load_model().info["sha256"]
+    model = load_model("triplet-resnet50-joint-v0.4")
+    assert model.info["sha256"].startswith("de6671b93490")
+    assert model.info["source"] == "registry:triplet-resnet50-joint-v0.4"
+    assert load_model("triplet-resnet50-joint-v0.5").info["sha256"] == load_model().info["sha256"]
+    with pytest.raises(ModelNotAvailableError, match=r"audioembed==0\.4\.0.*0dd82f15630b9663"):
+        load_model("triplet-resnet50-joint-v0.3")
     with pytest.raises(ModelNotAvailableError, match=r"audioembed==0\.3\.0.*0415adb4b3dc3dfd"):
         load_model("triplet-resnet50-joint-v0.2")

@@ -66,7 +66,7 @@ def test_readme_is_short_and_keeps_what_ci_and_users_run():
     for page in DOC_PAGES:
         assert f"docs/{page}" in text, page
     for name in ("triplet-resnet50-joint", "triplet-resnet50-joint-v0.2", "triplet-resnet50-joint-v0.3",
-                 "triplet-resnet50-joint-v0.4"):
+                 "triplet-resnet50-joint-v0.4", "triplet-resnet50-joint-v0.5"):
         assert f"`{name}`" in text
 
 
@@ -98,7 +98,7 @@ def test_model_card_follows_the_hub_template():
 
 def test_changelog_holds_every_release():
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    for version in ("v0.1", "v0.2", "v0.3", "v0.4"):
+    for version in ("v0.1", "v0.2", "v0.3", "v0.4", "v0.5"):
         assert f"## {version}" in text
     assert text.count("whether it was met") >= 3
 
