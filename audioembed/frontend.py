@@ -31,6 +31,7 @@ from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -223,8 +224,10 @@ def window_starts(n_frames: int, hop_frames: int) -> list[int]:
 
 def window_timestamps(starts: list[int] | torch.Tensor, offset_frames: int = 0) -> torch.Tensor:
     """Window centres in seconds (float64), computed in integer samples then divided once."""
-    s = torch.as_tensor(starts, dtype=torch.int64) + int(offset_frames)
-    return (s * HOP_LENGTH + WINDOW_CENTRE_SAMPLES).to(torch.float64) / SAMPLE_RATE
+    # In numpy: the same int64 and float64 operations, without torch's per-op overhead (every
+    # chunk of every file calls this).
+    s = np.asarray(starts, dtype=np.int64) + int(offset_frames)
+    return torch.from_numpy((s * HOP_LENGTH + WINDOW_CENTRE_SAMPLES).astype(np.float64) / SAMPLE_RATE)
 
 
 def gather_windows(frames: torch.Tensor, starts: list[int], pad_value: float = 0.0) -> torch.Tensor:

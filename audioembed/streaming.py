@@ -50,8 +50,12 @@ class FrameStream:
         reach = self._n - frontend.N_FFT // 2
         return self._emit(reach // frontend.HOP_LENGTH + 1 if reach >= 0 else 0, final=False)
 
-    def finish(self) -> torch.Tensor:
-        """The remaining frames; the signal is zero after its end, as in the whole-signal STFT."""
+    def finish(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The remaining frames, after the last samples ``x`` if given (one STFT for both, not
+        two); the signal is zero after its end, as in the whole-signal STFT."""
+        if x is not None and x.shape[-1]:
+            self._buf = torch.cat([self._buf, x])
+            self._n += x.shape[-1]
         return self._emit(frontend.num_frames(self._n), final=True)
 
     def _emit(self, stop: int, final: bool) -> torch.Tensor:
@@ -87,8 +91,12 @@ class WindowStream:
         full = (self._n - frontend.WINDOW_FRAMES) // self.hop_frames + 1 if self._n >= frontend.WINDOW_FRAMES else 0
         return self._cut(list(range(self._k * self.hop_frames, full * self.hop_frames, self.hop_frames)))
 
-    def finish(self) -> tuple[torch.Tensor, list[int]]:
-        """The windows left by ``frontend.window_starts`` for the final frame count, padded."""
+    def finish(self, energies: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """The windows left by ``frontend.window_starts`` for the final frame count, padded,
+        after the last frames ``energies`` if given (the windows they complete included)."""
+        if energies is not None and energies.shape[0]:
+            self._frames = torch.cat([self._frames, energies])
+            self._n += energies.shape[0]
         return self._cut([s for s in frontend.window_starts(self._n, self.hop_frames) if s >= self._k * self.hop_frames])
 
     def _cut(self, starts: list[int]) -> tuple[torch.Tensor, list[int]]:
@@ -118,11 +126,10 @@ class LogMelStream:
             return self._windows.push(self._frames.push(samples))
 
     def finish(self) -> tuple[torch.Tensor, list[int]]:
+        # One STFT and one cut for the rest of the input: each call costs ~0.1 ms of fixed
+        # overhead, a fifth of the frontend's time on a five-second clip.
         with frontend.single_threaded():
-            parts = [self._windows.push(self._frames.push(self._resampler.finish())),
-                     self._windows.push(self._frames.finish()),
-                     self._windows.finish()]
-        return torch.cat([w for w, _ in parts]), [s for _, starts in parts for s in starts]
+            return self._windows.finish(self._frames.finish(self._resampler.finish()))
 
 
 @dataclass
