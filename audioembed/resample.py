@@ -239,9 +239,15 @@ class BlockResampler:
             for t in range(tiles):
                 # A fresh contiguous (bands, tile, band) array: the same shape, layout and
                 # alignment for every tile, so the product rounds the same way wherever the
-                # tile lies.
+                # tile lies. The signal's last tile (computed here, in finish, however the
+                # signal was cut: it reads the right padding) holds only the groups left, in
+                # whole product rows: a shape that follows from the signal's length alone,
+                # and a short clip no longer computes a second of outputs it drops.
+                size = self._tile
+                if final and t == tiles - 1:
+                    size = -(-(groups - t * self._tile) // m) * m
                 rows = self._buf[t * self._tile * step:].as_strided(
-                    (n_bands, self._tile // m, band), (self._stride, m * step, 1))
+                    (n_bands, size // m, band), (self._stride, m * step, 1))
                 out = torch.bmm(rows.contiguous(), self.bands)  # (bands, tile, cols)
                 outs.append(out.permute(1, 0, 2).reshape(-1))
         self._buf = self._buf[tiles * self._tile * step:]
