@@ -20,8 +20,7 @@ from audioembed import frontend
 from audioembed.errors import AudioError
 
 # Output samples the resampler computes per matrix product (about 1 s). See BlockResampler.
-# Fewer, larger products are faster; but the last tile of a signal is padded, so a short clip
-# computes up to one tile of outputs it does not keep, and a stream's output comes a tile at a time.
+# Fewer, larger products are faster; but a stream's output comes a tile at a time.
 RESAMPLE_TILE = 16384
 
 # Filter taps below this are those torchaudio's window clamps to its zero (~1e-24 at the usual
@@ -172,8 +171,8 @@ class BlockResampler:
     input ``p*orig .. p*orig + taps - 1``. The same products are computed here (leaving out the
     taps torchaudio's window clamps to ~1e-24, see :func:`_banded_kernel`), in tiles of a
     fixed number of groups aligned to the start of the signal: every tile is one batched product
-    of the same shape, so each output sample is the same float32 number however the signal was
-    cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
+    of the same shape (the last one's follows from the signal's length), so each output sample
+    is the same float32 number however the signal was cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
     length, rounds differently for different lengths: by ~1e-7, which the log of a near-silent
     mel band can magnify past 1e-5.) :func:`resample` is this class on one block.
 
