@@ -172,9 +172,10 @@ class BlockResampler:
     taps torchaudio's window clamps to ~1e-24, see :func:`_banded_kernel`), in tiles of a
     fixed number of groups aligned to the start of the signal: every tile is one batched product
     of the same shape (the last one's follows from the signal's length), so each output sample
-    is the same float32 number however the signal was cut into blocks. (torchaudio's conv1d, like any product whose shape follows the input
-    length, rounds differently for different lengths: by ~1e-7, which the log of a near-silent
-    mel band can magnify past 1e-5.) :func:`resample` is this class on one block.
+    is the same float32 number however the signal was cut into blocks. (torchaudio's conv1d,
+    like any product whose shape follows the input length, rounds differently for different
+    lengths: by ~1e-7, which the log of a near-silent mel band can magnify past 1e-5.)
+    :func:`resample` is this class on one block.
 
     Only for rates where :func:`uses_dense_kernel`; :func:`make_resampler` picks the class.
     """
