@@ -75,23 +75,42 @@ def test_grouped_filter_is_the_filter_shifted_per_group(sr):
         assert not rest.any()  # zeros outside its rows
 
 
+@pytest.mark.parametrize("last_to_finish", [False, True])
 @pytest.mark.parametrize("hop", [1, 48, 50, 96, 100, 150])
-def test_window_stream_follows_window_starts(hop):
+def test_window_stream_follows_window_starts(hop, last_to_finish):
+    # last_to_finish: the last block goes to finish() with the end, as LogMelStream gives it.
     rng = np.random.default_rng(hop)
     for n in [1, 47, 95, 96, 97, 143, 144, 145, 191, 192, 193, 240, 300, 401]:
         energies = torch.rand(n, frontend.N_MELS)
         ws = streaming.WindowStream(hop)
         parts, starts, i = [], [], 0
-        while i < n:
+        while True:
             k = int(rng.integers(1, 40))
+            if last_to_finish and i + k >= n:
+                break
             w, s = ws.push(energies[i:i + k])
             parts.append(w)
             starts += s
             i += k
-        w, s = ws.finish()
+            if i >= n:
+                break
+        w, s = ws.finish(energies[i:] if last_to_finish else None)
         want, want_starts = frontend.frame_windows(energies, hop)
         assert starts + s == want_starts, n
         assert torch.equal(torch.cat(parts + [w]), frontend.log_mel(want))
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 4000, 16000, 33333])
+def test_frame_stream_takes_the_last_samples_with_the_end(n):
+    # finish(x) is push(x) then finish() in one STFT: the same frames as the whole signal's.
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy((0.3 * rng.standard_normal(n)).astype(np.float32))
+    cut = int(rng.integers(0, n))
+    fs = streaming.FrameStream()
+    frames = torch.cat([fs.push(x[:cut]), fs.finish(x[cut:])])
+    want = frontend.mel_energies(x)
+    assert frames.shape == want.shape
+    torch.testing.assert_close(frames, want, rtol=1e-6, atol=1e-9)
 
 
 def synth(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray:
