@@ -204,11 +204,17 @@ class BlockResampler:
         self._buf = torch.cat([self._buf, x])
         return self._run(final=False)
 
-    def finish(self) -> torch.Tensor:
-        """The remaining output samples, up to the length the whole-signal call gives."""
+    def finish(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The remaining output samples, up to the length the whole-signal call gives, after
+        the last input samples ``x`` if given: the samples ``push(x)`` then ``finish()`` give,
+        in one product where they fit one tile (a short clip's whole signal)."""
+        last = x if x is not None and x.shape[-1] else None
+        if last is not None:
+            self._n_in += last.shape[-1]
         if self.identity:
-            return torch.zeros(0)
-        self._buf = torch.cat([self._buf, torch.zeros(self._right_pad)])
+            return torch.zeros(0) if last is None else last
+        tail = torch.zeros(self._right_pad)
+        self._buf = torch.cat([self._buf, tail] if last is None else [self._buf, last, tail])
         out = self._run(final=True)
         # torchaudio's length, computed as it does: a float32 ceil, which for long signals can
         # differ by one sample from the exact ceil(new * n / orig).
@@ -296,7 +302,11 @@ class PhaseResampler:
             tiles += 1
         return self._run(tiles, final_length=None)
 
-    def finish(self) -> torch.Tensor:
+    def finish(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The remaining output samples, after the last input samples ``x`` if given."""
+        if x is not None and x.shape[-1]:
+            self._n_in += x.shape[-1]
+            self._buf = torch.cat([self._buf, x])
         target = -(-self.new * self._n_in // self.orig)
         tiles = -(-(target - self._n_out) // self._tile) if target > self._n_out else 0
         return self._run(tiles, final_length=target)
@@ -362,4 +372,4 @@ def resample(samples: np.ndarray, sr: int) -> torch.Tensor:
     """
     resampler = make_resampler(sr)
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    return torch.cat([resampler.push(x), resampler.finish()])
+    return resampler.finish(x)

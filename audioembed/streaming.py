@@ -125,11 +125,13 @@ class LogMelStream:
             samples = self._resampler.push(torch.from_numpy(np.ascontiguousarray(block, np.float32)))
             return self._windows.push(self._frames.push(samples))
 
-    def finish(self) -> tuple[torch.Tensor, list[int]]:
-        # One STFT and one cut for the rest of the input, not two and three: each call has a
-        # fixed cost (about 0.1 ms of torch ops), which every input pays, short clips most.
+    def finish(self, block: np.ndarray | None = None) -> tuple[torch.Tensor, list[int]]:
+        """The rest of the windows, after the last block if given: what ``push(block)`` then
+        ``finish()`` give, in one resampling product, one STFT and one cut instead of two of
+        each (each has a fixed cost of torch ops, which every input pays, short clips most)."""
         with frontend.single_threaded():
-            return self._windows.finish(self._frames.finish(self._resampler.finish()))
+            samples = None if block is None else torch.from_numpy(np.ascontiguousarray(block, np.float32))
+            return self._windows.finish(self._frames.finish(self._resampler.finish(samples)))
 
 
 @dataclass
@@ -170,20 +172,25 @@ def input_chunks(index: int, item, sr: int | None, hop_frames: int, name: str) -
     try:
         with AudioSource(item, sr, name) as src:
             stream = LogMelStream(src.rate, hop_frames)
+            last = None  # the block read last, pushed once the next one shows it is not the end
             for block in src.blocks(BLOCK_SECONDS * src.rate):
                 checker.update(block)
-                pending += block.size / src.rate
-                windows, starts = stream.push(block)
-                if starts:
-                    yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy(),
-                                       seconds=pending)
-                    pending = 0.0
+                if last is not None:
+                    pending += last.size / src.rate
+                    windows, starts = stream.push(last)
+                    if starts:
+                        yield FeatureChunk(index, name, windows, frontend.window_timestamps(starts).numpy(),
+                                           seconds=pending)
+                        pending = 0.0
+                last = block
             truncated = src.truncation(checker.count)
             if truncated is not None and checker.count == 0:
                 raise AudioError(f"{truncated}; nothing to embed")
             silent = checker.finish()
             cancelled = silent and src.channels_nonzero
-            windows, starts = stream.finish()
+            if last is not None:
+                pending += last.size / src.rate
+            windows, starts = stream.finish(last)
     except AudioError as exc:
         yield FeatureChunk(index, name, last=True, error=exc)
         return

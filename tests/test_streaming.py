@@ -24,13 +24,16 @@ def random_blocks(x: np.ndarray, rng: np.random.Generator, most: int):
         i += k
 
 
+@pytest.mark.parametrize("last_to_finish", [False, True])
 @pytest.mark.parametrize("sr", [44100, 48000, 22050, 11025, 8000, 96000, 16000, 7])
-def test_block_resampler_equals_torchaudio(sr):
+def test_block_resampler_equals_torchaudio(sr, last_to_finish):
+    # last_to_finish: the last block goes to finish() with the end, as LogMelStream gives it.
     rng = np.random.default_rng(sr)
     x = (0.2 * rng.standard_normal(3 * sr + 17)).astype(np.float32)
     r = BlockResampler(sr)
-    got = torch.cat([r.push(torch.from_numpy(b)) for b in random_blocks(x, rng, sr // 2 + 2)]
-                    + [r.finish()])
+    blocks = [torch.from_numpy(b) for b in random_blocks(x, rng, sr // 2 + 2)]
+    last = blocks.pop() if last_to_finish else None
+    got = torch.cat([r.push(b) for b in blocks] + [r.finish(last)])
     want = AF.resample(torch.from_numpy(x), sr, frontend.SAMPLE_RATE, lowpass_filter_width=6,
                        rolloff=0.99, resampling_method="sinc_interp_hann")
     assert got.shape == want.shape
