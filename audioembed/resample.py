@@ -213,9 +213,12 @@ class BlockResampler:
             self._n_in += last.shape[-1]
         if self.identity:
             return torch.zeros(0) if last is None else last
-        tail = torch.zeros(self._right_pad)
+        # torchaudio's right padding, and the zeros past it that the last tile's product reads,
+        # in the one copy that appends the last samples.
+        length = self._buf.shape[0] + (0 if last is None else last.shape[0]) + self._right_pad
+        tail = torch.zeros(self._right_pad + max(0, self._final_span(length) - length))
         self._buf = torch.cat([self._buf, tail] if last is None else [self._buf, last, tail])
-        out = self._run(final=True)
+        out = self._run(final=True, length=length)
         # torchaudio's length, computed as it does: a float32 ceil, which for long signals can
         # differ by one sample from the exact ceil(new * n / orig).
         target = int(torch.ceil(torch.as_tensor(self.new * self._n_in / self.orig)))
@@ -223,22 +226,41 @@ class BlockResampler:
         self._n_out += keep - out.shape[0]
         return out[:keep]
 
-    def _run(self, final: bool) -> torch.Tensor:
+    def _final_groups(self, length: int) -> int:
+        """Output groups torchaudio's length gives a padded signal of ``length`` samples."""
+        return max(0, (length - self._taps) // self.orig + 1)
+
+    def _last_tile_groups(self, groups: int) -> int:
+        """Groups in the signal's last tile: those left, in whole product rows."""
+        m = self._row_groups
+        return -(-(groups - (-(-groups // self._tile) - 1) * self._tile) // m) * m
+
+    def _final_span(self, length: int) -> int:
+        """Samples the signal's last products read from a padded buffer of ``length`` samples:
+        past it by the few zeros that the filter's banded layout multiplies by zero taps."""
+        groups = self._final_groups(length)
+        if groups == 0:
+            return length
+        tiles = -(-groups // self._tile)
+        read = (tiles - 1) * self._tile + self._last_tile_groups(groups)  # groups the products compute
+        return (read - self._row_groups) * self.orig + self._reach
+
+    def _run(self, final: bool, length: int = 0) -> torch.Tensor:
         step, m = self.orig, self._row_groups
-        # Output groups torchaudio's length gives (from its taps); a tile is computed once the
-        # buffer holds every sample its banded product reads (``reach`` >= taps: the excess
-        # meets zero rows of the filter), a product row of m groups at a time.
+        # Output groups torchaudio's length gives (from its taps, for the padded signal of
+        # ``length`` samples at the end); a tile is computed once the buffer holds every sample
+        # its banded product reads (``reach`` >= taps: the excess meets zero rows of the
+        # filter), a product row of m groups at a time.
         if final:
-            groups = max(0, (self._buf.shape[0] - self._taps) // step + 1)
+            groups = self._final_groups(length)
             tiles = -(-groups // self._tile)
         else:
             groups = max(0, (self._buf.shape[0] - self._reach) // (m * step) + 1) * m
             tiles = groups // self._tile
         if tiles == 0:
             return torch.zeros(0)
-        span = (tiles * self._tile - m) * step + self._reach
-        if span > self._buf.shape[0]:  # the last tile of the signal: zeros past the padding
-            self._buf = torch.cat([self._buf, torch.zeros(span - self._buf.shape[0])])
+        if final and self._final_span(length) > self._buf.shape[0]:  # finish() pads this already
+            self._buf = torch.cat([self._buf, torch.zeros(self._final_span(length) - self._buf.shape[0])])
         n_bands, band, cols = self.bands.shape
         outs = []
         with frontend.single_threaded():
@@ -249,9 +271,7 @@ class BlockResampler:
                 # signal was cut: it reads the right padding) holds only the groups left, in
                 # whole product rows: a shape that follows from the signal's length alone,
                 # and a short clip no longer computes a second of outputs it drops.
-                size = self._tile
-                if final and t == tiles - 1:
-                    size = -(-(groups - t * self._tile) // m) * m
+                size = self._last_tile_groups(groups) if final and t == tiles - 1 else self._tile
                 rows = self._buf[t * self._tile * step:].as_strided(
                     (n_bands, size // m, band), (self._stride, m * step, 1))
                 out = torch.bmm(rows.contiguous(), self.bands)  # (bands, tile, cols)

@@ -31,6 +31,13 @@ from audioembed.resample import make_resampler
 BLOCK_SECONDS = 5
 
 
+def _appended(buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``buffer`` then ``x`` along the first dimension; ``x`` itself, not a copy, when the
+    buffer is empty (a short clip's whole signal, a long file's first block). Neither is
+    written to afterwards: the streams only slice them."""
+    return x if buffer.shape[0] == 0 else torch.cat([buffer, x])
+
+
 class FrameStream:
     """16 kHz samples in, mel energies ``(frames, N_MELS)`` out as soon as they are complete."""
 
@@ -44,7 +51,7 @@ class FrameStream:
         self._n = 0  # samples received
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
-        self._buf = torch.cat([self._buf, x])
+        self._buf = _appended(self._buf, x)
         self._n += x.shape[-1]
         # Frame f is complete once samples up to f*HOP + N_FFT/2 have arrived.
         reach = self._n - frontend.N_FFT // 2
@@ -54,7 +61,7 @@ class FrameStream:
         """The remaining frames, after the last samples ``x`` if given (one STFT for both, not
         two); the signal is zero after its end, as in the whole-signal STFT."""
         if x is not None and x.shape[-1]:
-            self._buf = torch.cat([self._buf, x])
+            self._buf = _appended(self._buf, x)
             self._n += x.shape[-1]
         return self._emit(frontend.num_frames(self._n), final=True)
 
@@ -85,7 +92,7 @@ class WindowStream:
         self._n = 0  # frames received
 
     def push(self, energies: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        self._frames = torch.cat([self._frames, energies])
+        self._frames = _appended(self._frames, energies)
         self._n += energies.shape[0]
         # A window whose frames all exist is in window_starts() whatever the final length.
         full = (self._n - frontend.WINDOW_FRAMES) // self.hop_frames + 1 if self._n >= frontend.WINDOW_FRAMES else 0
@@ -95,7 +102,7 @@ class WindowStream:
         """The windows left by ``frontend.window_starts`` for the final frame count, padded,
         after the last frames ``energies`` if given (the windows they complete included)."""
         if energies is not None and energies.shape[0]:
-            self._frames = torch.cat([self._frames, energies])
+            self._frames = _appended(self._frames, energies)
             self._n += energies.shape[0]
         return self._cut([s for s in frontend.window_starts(self._n, self.hop_frames) if s >= self._k * self.hop_frames])
 
