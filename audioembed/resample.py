@@ -233,7 +233,8 @@ class BlockResampler:
     def _last_tile_groups(self, groups: int) -> int:
         """Groups in the signal's last tile: those left, in whole product rows."""
         m = self._row_groups
-        return -(-(groups - (-(-groups // self._tile) - 1) * self._tile) // m) * m
+        left = groups - (-(-groups // self._tile) - 1) * self._tile  # past the full tiles
+        return -(-left // m) * m
 
     def _final_span(self, length: int) -> int:
         """Samples the signal's last products read from a padded buffer of ``length`` samples:
@@ -259,8 +260,9 @@ class BlockResampler:
             tiles = groups // self._tile
         if tiles == 0:
             return torch.zeros(0)
-        if final and self._final_span(length) > self._buf.shape[0]:  # finish() pads this already
-            self._buf = torch.cat([self._buf, torch.zeros(self._final_span(length) - self._buf.shape[0])])
+        short = self._final_span(length) - self._buf.shape[0] if final else 0
+        if short > 0:  # finish() pads this already; kept so that _run stands on its own
+            self._buf = torch.cat([self._buf, torch.zeros(short)])
         n_bands, band, cols = self.bands.shape
         outs = []
         with frontend.single_threaded():

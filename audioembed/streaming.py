@@ -31,6 +31,11 @@ from audioembed.resample import make_resampler
 BLOCK_SECONDS = 5
 
 
+def _as_samples(block: np.ndarray) -> torch.Tensor:
+    """A decoded block as the float32 tensor the resampler takes (no copy when it is one)."""
+    return torch.from_numpy(np.ascontiguousarray(block, np.float32))
+
+
 def _appended(buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``buffer`` then ``x`` along the first dimension; ``x`` itself, not a copy, when the
     buffer is empty (a short clip's whole signal, a long file's first block). Neither is
@@ -129,15 +134,14 @@ class LogMelStream:
         # Per call, not around a generator's yields: the caller's thread runs the network
         # between blocks, and that wants all its threads (see frontend.single_threaded).
         with frontend.single_threaded():
-            samples = self._resampler.push(torch.from_numpy(np.ascontiguousarray(block, np.float32)))
-            return self._windows.push(self._frames.push(samples))
+            return self._windows.push(self._frames.push(self._resampler.push(_as_samples(block))))
 
     def finish(self, block: np.ndarray | None = None) -> tuple[torch.Tensor, list[int]]:
         """The rest of the windows, after the last block if given: what ``push(block)`` then
         ``finish()`` give, in one resampling product, one STFT and one cut instead of two of
         each (each has a fixed cost of torch ops, which every input pays, short clips most)."""
         with frontend.single_threaded():
-            samples = None if block is None else torch.from_numpy(np.ascontiguousarray(block, np.float32))
+            samples = None if block is None else _as_samples(block)
             return self._windows.finish(self._frames.finish(self._resampler.finish(samples)))
 
 
