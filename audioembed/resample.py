@@ -251,7 +251,8 @@ class BlockResampler:
         # Output groups torchaudio's length gives (from its taps, for the padded signal of
         # ``length`` samples at the end); a tile is computed once the buffer holds every sample
         # its banded product reads (``reach`` >= taps: the excess meets zero rows of the
-        # filter), a product row of m groups at a time.
+        # filter), a product row of m groups at a time. At the end, finish() has padded the
+        # buffer to _final_span(length).
         if final:
             groups = self._final_groups(length)
             tiles = -(-groups // self._tile)
@@ -260,9 +261,6 @@ class BlockResampler:
             tiles = groups // self._tile
         if tiles == 0:
             return torch.zeros(0)
-        short = self._final_span(length) - self._buf.shape[0] if final else 0
-        if short > 0:  # finish() pads this already; kept so that _run stands on its own
-            self._buf = torch.cat([self._buf, torch.zeros(short)])
         n_bands, band, cols = self.bands.shape
         outs = []
         with frontend.single_threaded():
@@ -392,6 +390,9 @@ def resample(samples: np.ndarray, sr: int) -> torch.Tensor:
     The whole signal in one block of :func:`make_resampler`'s resampler, so a file read block
     by block gives the same samples to the bit.
     """
-    resampler = make_resampler(sr)
-    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    return resampler.finish(x)
+    return make_resampler(sr).finish(as_samples(samples))
+
+
+def as_samples(samples: np.ndarray) -> torch.Tensor:
+    """Mono samples as the float32 tensor the resamplers take (no copy when they are one)."""
+    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))

@@ -22,18 +22,13 @@ import torch
 
 from audioembed import frontend
 from audioembed.audio_io import AudioError, AudioSource, SampleChecker
-from audioembed.resample import make_resampler
+from audioembed.resample import as_samples, make_resampler
 
 # Seconds of audio decoded per block. Output does not depend on it; memory and the number of
 # windows handed on at a time (about BLOCK_SECONDS / hop) do. Blocks of 20 s (about 30 MB
 # of transient buffers for 44.1 kHz stereo) measured ~40 MB more peak RSS on a long file than
 # 5 s, for no gain in speed.
 BLOCK_SECONDS = 5
-
-
-def _as_samples(block: np.ndarray) -> torch.Tensor:
-    """A decoded block as the float32 tensor the resampler takes (no copy when it is one)."""
-    return torch.from_numpy(np.ascontiguousarray(block, np.float32))
 
 
 def _appended(buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -134,14 +129,14 @@ class LogMelStream:
         # Per call, not around a generator's yields: the caller's thread runs the network
         # between blocks, and that wants all its threads (see frontend.single_threaded).
         with frontend.single_threaded():
-            return self._windows.push(self._frames.push(self._resampler.push(_as_samples(block))))
+            return self._windows.push(self._frames.push(self._resampler.push(as_samples(block))))
 
     def finish(self, block: np.ndarray | None = None) -> tuple[torch.Tensor, list[int]]:
         """The rest of the windows, after the last block if given: what ``push(block)`` then
         ``finish()`` give, in one resampling product, one STFT and one cut instead of two of
         each (each has a fixed cost of torch ops, which every input pays, short clips most)."""
         with frontend.single_threaded():
-            samples = None if block is None else _as_samples(block)
+            samples = None if block is None else as_samples(block)
             return self._windows.finish(self._frames.finish(self._resampler.finish(samples)))
 
 

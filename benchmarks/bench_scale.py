@@ -190,13 +190,18 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
     print(f"\n[2] {len(paths)} clips of {args.clip_seconds:g} s, {clip_format(args)} -> {n} windows; batch 64; "
           f"{args.threads} thread(s); best of {args.repeats} alternating rounds; CPU flags: {cpu_flags()}; "
           f"malloc: {args.malloc_line}")
+    # Each row against its network alone: the best rounds' ratio, and the ratio of every round to
+    # the network alone run beside it. On shared cores the best rounds of two rows can fall at
+    # different times, so the median and range of the per-round ratios are kept too.
+    per_round = {name: [f / t for f, t in zip(times[runs[name][1]], ts)]
+                 for name, ts in times.items() if runs[name][1] is not None}
+    best_ratio = {name: min(times[runs[name][1]]) / min(times[name]) for name in per_round}
     for name, ts in times.items():
         best, ref = min(ts), runs[name][1]
-        per_round = [] if ref is None else [f / t for f, t in zip(times[ref], ts)]
         ratio = "" if ref is None else (
-            f"  ratio to {ref} {min(times[ref]) / best:.3f} (best), "
-            f"{statistics.median(per_round):.3f} (median per round; rounds "
-            f"{min(per_round):.3f}-{max(per_round):.3f})")
+            f"  ratio to {ref} {best_ratio[name]:.3f} (best), "
+            f"{statistics.median(per_round[name]):.3f} (median per round; rounds "
+            f"{min(per_round[name]):.3f}-{max(per_round[name]):.3f})")
         print(f"  {name:>26}: {n / best:7.1f} windows/s, real-time factor {best / n_audio_s:.4f} "
               f"({n_audio_s / best:.0f}x real time), {faults[name] / (n * args.repeats):6.0f} page faults "
               f"per window{ratio}")
@@ -204,17 +209,13 @@ def throughput(folder: Path, model: Path, n_audio_s: float, args) -> None:
         print("  torch+bf16: not run (--no-bf16, or this CPU lacks AVX512-BF16 and AMX)")
     print("  " + summary_line(times, e2e_rows, n_audio_s))
     if args.json:
-        def ratios(name: str, ts: list[float]) -> list[str]:
-            ref = runs[name][1]
-            if ref is None:
+        def ratios(name: str) -> list[str]:
+            if name not in per_round:
                 return ["–", "–"]
-            per_round = [f / t for f, t in zip(times[ref], ts)]
-            return [f"{min(times[ref]) / min(ts):.3f}",
-                    f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})"]
+            r = per_round[name]
+            return [f"{best_ratio[name]:.3f}", f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})"]
 
-        # On shared cores the best rounds of two rows can fall at different times; the median of
-        # the per-round ratios compares each round with the network alone run beside it.
-        rows = [[name, f"{n / min(ts):.1f}", *ratios(name, ts)] for name, ts in times.items()]
+        rows = [[name, f"{n / min(ts):.1f}", *ratios(name)] for name, ts in times.items()]
         args.record.update(
             title="extract over a folder of clips against the network alone",
             columns=["run", "windows/s (best round)", "ratio to the network alone (best rounds)",
